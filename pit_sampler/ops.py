@@ -1,0 +1,214 @@
+"""``pit_sampler.ops``: the sampling ops as PyTorch custom ops, with backend dispatch.
+
+Two ops, ``torch.ops.pit_sampler.sweep`` and ``torch.ops.pit_sampler.unmask_table`` (contracts in
+:mod:`pit_sampler.reference`). Each is a ``torch.library.custom_op`` with a fake (meta) kernel, so
+samplers trace under ``torch.compile(fullgraph=True)`` as one opaque node per op. All per-call
+values that change between calls (seeds, step indices, thresholds) are tensors, so one compiled
+graph serves every call.
+
+Backends: ``reference`` (pure PyTorch, any device) always; ``native`` (C++ CPU, CUDA C++ on GPU)
+when the extension ``pit_sampler._C`` is built; ``triton`` on CUDA when Triton is importable
+(``TRITON_INTERPRET=1`` also lets it run on CPU tensors, for tests). The backend is chosen inside
+the op at run time, in this order:
+
+1. :func:`use_backend` (context manager) or :func:`set_backend`, else
+2. the environment variable ``PIT_SAMPLER_BACKEND`` (``reference``, ``native``, ``triton``), else
+3. ``auto``: CUDA -> triton, then native, then reference; CPU -> native, then reference.
+
+:func:`last_backend` tells which backend ran an op last; :func:`available_backends` what can run.
+The backend is a run-time choice inside the op body (not a schema argument), so it also applies
+inside compiled graphs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .rules import RULES
+
+LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of both ops: ``supports(device)`` says where it can run."""
+
+    name: str
+    sweep: Callable
+    unmask_table: Callable
+    supports: Callable[[torch.device], bool]
+
+
+_BACKENDS: dict[str, Backend] = {}
+_AUTO_ORDER = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
+_forced: list[str | None] = [None]
+_last: dict[str, str] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend; backends register themselves on import."""
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(Backend("reference", reference.sweep, reference.unmask_table, lambda device: True))
+
+
+def _load_optional_backends() -> None:
+    # each module registers itself if its requirements (built extension, Triton) are met
+    from .backends import native, triton  # noqa: F401
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the backends that can run on ``device``."""
+    device = torch.device(device)
+    return [name for name, b in _BACKENDS.items() if b.supports(device)]
+
+
+def set_backend(name: str | None) -> None:
+    """Force a backend for every op call (``None`` or ``"auto"``: automatic choice)."""
+    if name not in (None, "auto") and name not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKENDS)}, got {name!r}")
+    _forced[0] = None if name == "auto" else name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Context manager form of :func:`set_backend`."""
+    previous = _forced[0]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _forced[0] = previous
+
+
+def last_backend(op: str = "sweep") -> str | None:
+    """The backend that ran ``op`` (``"sweep"`` or ``"unmask_table"``) most recently."""
+    return _last.get(op)
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend the ops will use for tensors on ``device`` under the current settings."""
+    device = torch.device(device)
+    name = _forced[0] or os.environ.get("PIT_SAMPLER_BACKEND") or "auto"
+    if name != "auto":
+        if name not in _BACKENDS:
+            raise ValueError(f"PIT_SAMPLER_BACKEND must be 'auto' or one of {sorted(_BACKENDS)}, got {name!r}")
+        if not _BACKENDS[name].supports(device):
+            raise ValueError(f"backend {name!r} cannot run on {device.type} tensors (available: {available_backends(device)})")
+        return name
+    for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
+        if candidate in _BACKENDS and _BACKENDS[candidate].supports(device):
+            return candidate
+    return "reference"
+
+
+def _run(op: str, device: torch.device) -> Backend:
+    name = backend_for(device)
+    _last[op] = name
+    return _BACKENDS[name]
+
+
+@torch.library.custom_op("pit_sampler::unmask_table", mutates_args=())
+def _unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
+    return _run("unmask_table", x.device).unmask_table(x, seeds, cdf, mask_id, rule)
+
+
+@_unmask_table.register_fake
+def _(x, seeds, cdf, mask_id, rule):
+    return torch.empty_like(x, dtype=torch.int64)
+
+
+@torch.library.custom_op("pit_sampler::sweep", mutates_args=())
+def _sweep(
+    logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
+    rate: Tensor, mask_id: int, temperature: float, rule: int, score: bool, argmax_final: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    backend = _run("sweep", x0.device)
+    return backend.sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final)
+
+
+@_sweep.register_fake
+def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final):
+    W, B = steps.shape
+    L = x0.shape[1]
+    return (
+        x0.new_empty((W, B, L)),
+        x0.new_empty((W, B, L), dtype=torch.int32),
+        x0.new_empty((W, B), dtype=torch.int32),
+        x0.new_empty((W, B), dtype=torch.int32),
+    )
+
+
+def _check(cond: bool, exc: type, message: str) -> None:
+    if not cond:
+        raise exc(message)
+
+
+def _check_int64(name: str, t, ndim: int) -> None:
+    _check(isinstance(t, Tensor), TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check(t.dtype == torch.int64, TypeError, f"{name} must be int64, got {t.dtype}")
+    _check(t.dim() == ndim, ValueError, f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> None:
+    _check_int64("seeds", seeds, 1)
+    _check_int64("cdf", cdf, 2)
+    _check(seeds.shape[0] == x.shape[0], ValueError, f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
+    _check(cdf.shape[0] >= 1 and cdf.shape[1] >= 1, ValueError, f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
+    _check(isinstance(mask_id, int) and mask_id >= 0, ValueError, f"mask_id must be an int >= 0, got {mask_id!r}")
+    _check(rule in range(len(RULES)), ValueError, f"rule must be an index into {RULES}, got {rule!r}")
+    for name, t in (("seeds", seeds), ("cdf", cdf)):
+        _check(t.device == x.device, ValueError, f"{name} is on {t.device} but x is on {x.device}")
+
+
+def unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
+    """int64 ``[B, L]``: the step at which each masked position of ``x`` unmasks (``-1`` if not masked)."""
+    _check_int64("x", x, 2)
+    _check_common(x, seeds, cdf, mask_id, rule)
+    return torch.ops.pit_sampler.unmask_table(x, seeds, cdf, mask_id, rule)
+
+
+def sweep(
+    logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
+    rate: Tensor, mask_id: int, temperature: float = 1.0, rule: int = 0, score: bool = False,
+    argmax_final: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
+
+    Shapes: ``logits [R, L, V]`` (fp32/bf16/fp16), ``rows``/``steps`` int64 ``[W, B]``, ``x0`` int64
+    ``[B, L]``, ``prev`` int64 ``[W, B, L]``, ``seeds`` int64 ``[B]``, ``cdf`` int64 ``[N + 1, K]``,
+    ``rate`` float32 ``[N + 1]``. See :mod:`pit_sampler.reference` for the semantics. Only shapes,
+    dtypes and devices are checked here (no data-dependent checks, so this traces without breaks).
+    """
+    _check(isinstance(logits, Tensor), TypeError, f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    _check(logits.dtype in LOGITS_DTYPES, TypeError, f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
+    _check_int64("rows", rows, 2)
+    _check_int64("steps", steps, 2)
+    _check_int64("x0", x0, 2)
+    _check_int64("prev", prev, 3)
+    _check_common(x0, seeds, cdf, mask_id, rule)
+    B, L = x0.shape
+    W = steps.shape[0]
+    _check(logits.dim() == 3 and logits.shape[1] == L, ValueError, f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
+    _check(mask_id < logits.shape[2], ValueError, f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
+    _check(tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B), ValueError,
+           f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
+    _check(tuple(prev.shape) == (W, B, L), ValueError, f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
+    _check(isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],), TypeError,
+           f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
+    _check(isinstance(temperature, (int, float)) and temperature > 0, ValueError, f"temperature must be > 0, got {temperature!r}")
+    for name, t in (("logits", logits), ("rows", rows), ("steps", steps), ("prev", prev), ("rate", rate)):
+        _check(t.device == x0.device, ValueError, f"{name} is on {t.device} but x0 is on {x0.device}")
+    return torch.ops.pit_sampler.sweep(
+        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, float(temperature), rule, bool(score), bool(argmax_final)
+    )
+
+
+_load_optional_backends()

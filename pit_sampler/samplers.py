@@ -1,0 +1,257 @@
+"""Samplers for absorbing (masked) diffusion: sequential tau-leaping and parallel-in-time Picard.
+
+Both run the same loop (orchestration only; all sampling math lives in :mod:`pit_sampler.ops`):
+each sample has a *plan*, the ordered list of global steps it must perform (with skip-inactive,
+only the steps at which at least one of its positions unmasks, read off the noise by
+``ops.unmask_table``; otherwise every step ``0..N``). A window of ``W`` consecutive planned steps
+per sample is evaluated by one batched denoiser call on the window's ``W`` states, then one
+``ops.sweep`` computes every slice's new state from the window's exact first state.
+
+* ``TauLeapingSampler`` is ``W = 1``: every round advances every unfinished sample by one step.
+* ``PITSampler`` (exact mode) slides each sample's window by ``c = 1 +`` the number of leading
+  slices whose state did not change since the previous iterate (those slices saw exact inputs, so
+  the first ``c`` new states are exact), refilling new slots with the last state (ParaDiGMS). With
+  ``tol = 0`` the tokens equal the sequential sampler's, bit for bit, for a batch-invariant denoiser.
+  ``tol > 0`` accepts slices whose changed fraction is at most ``tol``; ``mode="fixed"`` runs blocks
+  of ``W`` steps with exactly ``max_iters`` iterations each (the paper's block form). Both are
+  approximate and say so in ``SampleResult.exact``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .noise import sample_seeds
+from .rules import RULES, step_tables
+from .schedules import GRIDS, Schedule, get_schedule, time_grid
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class SampleResult:
+    """``tokens [B, L]`` (no mask left); ``rounds``: sequential denoiser calls; ``nfe``: denoiser rows
+    evaluated per sample (total compute / B); ``iterations``: sweeps run; ``residuals``: per iteration,
+    int32 ``[W, B]`` positions changed per slice; ``exact``: whether the result is the exact sequential sample."""
+
+    tokens: Tensor
+    rounds: int
+    nfe: float
+    iterations: int
+    residuals: list[Tensor] = field(default_factory=list)
+    exact: bool = True
+
+
+def _require(cond: bool, message: str, exc: type = ValueError) -> None:
+    if not cond:
+        raise exc(message)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Sampler:
+    window = 1
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        *,
+        mask_id: int,
+        num_steps: int,
+        schedule: str | Schedule = "loglinear",
+        rule: str = "reject",
+        grid: str = "geometric",
+        t_max: float = 1.0,
+        t_min: float = 1e-3,
+        final: str = "sample",
+        parametrization: str = "mean",
+        temperature: float = 1.0,
+        skip_inactive: bool | None = None,
+        vocab_size: int | None = None,
+        progress: bool = False,
+    ):
+        _require(callable(denoiser), f"denoiser must be callable, got {type(denoiser).__name__}", TypeError)
+        _require(_is_int(mask_id) and mask_id >= 0, f"mask_id must be an int >= 0, got {mask_id!r}")
+        _require(_is_int(num_steps) and num_steps >= 1, f"num_steps must be an int >= 1, got {num_steps!r}")
+        _require(rule in RULES, f"rule must be one of {RULES}, got {rule!r}")
+        _require(grid in GRIDS, f"grid must be one of {GRIDS}, got {grid!r}")
+        _require(final in ("sample", "argmax"), f"final must be 'sample' or 'argmax', got {final!r}")
+        _require(parametrization in ("mean", "score"), f"parametrization must be 'mean' or 'score', got {parametrization!r}")
+        _require(isinstance(temperature, (int, float)) and temperature > 0, f"temperature must be > 0, got {temperature!r}")
+        score = parametrization == "score"
+        if skip_inactive is None:
+            skip_inactive = not score
+        _require(not (score and skip_inactive), "skip_inactive needs the mean parametrization (score rates depend on the model)")
+        _require(vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id),
+                 f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
+        self.denoiser = denoiser
+        self.mask_id, self.num_steps, self.rule, self.final = mask_id, num_steps, rule, final
+        self.schedule = get_schedule(schedule)
+        self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
+        self.tables = step_tables(self.schedule, self.times, rule)
+        if score:
+            _require(bool(torch.isfinite(self.tables.rate).all()),
+                     f"schedule {self.schedule!r} has an infinite score rate at t_max={t_max} (needs alpha(t_max) > 0)")
+        self.parametrization, self.score = parametrization, score
+        self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
+        self.vocab_size, self.progress = vocab_size, progress
+
+    # -- what each subclass decides -----------------------------------------------------------
+    def _accept(self, residual: Tensor, live: Tensor, iters_here: Tensor, length: int) -> Tensor:
+        """Slices each sample accepts this iteration (``[B]``), given ``residual [W, B]`` and ``live [W, B]``."""
+        return live[0].to(torch.int64)
+
+    exact = True
+
+    # -- the shared loop ------------------------------------------------------------------------
+    def _check_x_init(self, x_init) -> None:
+        _require(isinstance(x_init, Tensor), f"x_init must be a torch.Tensor, got {type(x_init).__name__}", TypeError)
+        _require(not x_init.is_floating_point() and not x_init.is_complex() and x_init.dtype != torch.bool,
+                 f"x_init must hold integer token ids, got {x_init.dtype}", TypeError)
+        _require(x_init.dim() == 2, f"x_init must have shape [B, L], got {tuple(x_init.shape)}")
+        _require(x_init.shape[0] >= 1, "x_init is an empty batch (B = 0)")
+        _require(x_init.shape[1] >= 1, "x_init has no positions (L = 0)")
+        _require(bool((x_init >= 0).all()), "x_init holds negative token ids")
+        if self.vocab_size is not None:
+            self._check_vocab(x_init, self.vocab_size)
+
+    def _check_vocab(self, x: Tensor, V: int) -> None:
+        _require(self.mask_id < V, f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
+        top = int(x.max())
+        _require(top < V, f"x_init holds token id {top}, out of range for vocab size V={V}")
+
+    def _plan(self, x: Tensor, seeds: Tensor, tables) -> Tensor:
+        """int64 ``[B, S]``: each sample's steps in order, padded with -1."""
+        B, N = x.shape[0], self.num_steps
+        masked = x == self.mask_id
+        if self.skip_inactive:
+            table = ops.unmask_table(x, seeds, tables.cdf, self.mask_id, tables.rule)
+            present = torch.zeros((B, N + 2), dtype=torch.bool, device=x.device)
+            present.scatter_(1, torch.where(table >= 0, table, N + 1), True)
+            present = present[:, : N + 1]
+        else:
+            present = masked.any(1, keepdim=True).expand(B, N + 1)
+        counts = present.sum(1)
+        order = torch.where(present, torch.arange(N + 1, device=x.device), N + 1).sort(1).values
+        width = max(1, int(counts.max()))
+        plan = order[:, :width]
+        return torch.where(plan <= N, plan, -1)
+
+    def _denoise(self, x: Tensor, t: Tensor, x_init: Tensor) -> Tensor:
+        logits = self.denoiser(x, t)
+        R, L = x.shape
+        _require(isinstance(logits, Tensor), f"denoiser must return a torch.Tensor, got {type(logits).__name__}", TypeError)
+        _require(logits.dtype in ops.LOGITS_DTYPES, f"denoiser must return float32/bfloat16/float16 logits, got {logits.dtype}", TypeError)
+        _require(logits.dim() == 3 and tuple(logits.shape[:2]) == (R, L),
+                 f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
+        V = logits.shape[2]
+        if self.vocab_size is not None:
+            _require(V == self.vocab_size, f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
+        if self._V is None:
+            self._check_vocab(x_init, V)
+            self._V = V
+        _require(V == self._V, f"denoiser changed its vocab size from {self._V} to {V} between calls")
+        _require(logits.device == x.device, f"denoiser returned logits on {logits.device}, expected {x.device}")
+        return logits
+
+    def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
+        """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept)."""
+        self._check_x_init(x_init)
+        x_init = x_init.to(torch.int64)
+        device, (B, L), W = x_init.device, x_init.shape, self.window
+        seeds = sample_seeds(seed, B, device)
+        tables = self.tables.to(device)
+        times = self.times.to(device=device, dtype=torch.float32)
+        plan = self._plan(x_init, seeds, tables)
+        total = (plan >= 0).sum(1)
+        S = plan.shape[1]
+        pos = torch.zeros(B, dtype=torch.int64, device=device)
+        iters_here = torch.zeros(B, dtype=torch.int64, device=device)
+        window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
+        offsets = torch.arange(W, device=device)
+        residuals, rounds, rows_evaluated = [], 0, 0
+        self._V = None
+        bar = _progress(self.progress, int(total.max()), type(self).__name__)
+        while bool((pos < total).any()):
+            idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
+            live = idx < total.unsqueeze(0)
+            steps = torch.where(live, plan.gather(1, idx.clamp(max=S - 1).T).T, -1)
+            w_idx, b_idx = live.nonzero(as_tuple=True)
+            rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
+            rows[w_idx, b_idx] = torch.arange(len(w_idx), device=device)
+            logits = self._denoise(window[w_idx, b_idx], times[steps[w_idx, b_idx]], x_init)
+            states, _, residual, invalid = ops.sweep(
+                logits, rows, steps, window[0], window[1:], seeds, tables.cdf, tables.rate, self.mask_id,
+                self.temperature, tables.rule, self.score, self.final == "argmax",
+            )
+            if bool(invalid.any()):
+                w, b = invalid.nonzero()[0].tolist()
+                raise ValueError(
+                    f"denoiser returned NaN/inf logits (or only -inf) on a row being sampled: sample {b}, step {int(steps[w, b])}"
+                )
+            rounds += 1
+            rows_evaluated += len(w_idx)
+            residuals.append(residual)
+            iters_here += 1
+            accept = self._accept(residual, live, iters_here, L)
+            full = torch.cat([window[:1], states])  # full[i]: state after i slices of this window
+            shift = (accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)).clamp(max=W)
+            window = full.gather(0, shift.unsqueeze(-1).expand(W + 1, B, L))
+            pos += accept
+            iters_here = torch.where(accept > 0, 0, iters_here)
+            bar.update(int(pos.clamp(max=total).max()) - bar.n)
+        bar.close()
+        tokens = window[0]
+        assert not bool((tokens == self.mask_id).any()), "internal error: a mask survived the final fill"
+        return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact)
+
+
+def _progress(enabled: bool, total: int, name: str):
+    """A tqdm bar over the slowest sample's steps (a no-op object when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, unit="step", disable=not enabled, leave=False)
+
+
+class TauLeapingSampler(_Sampler):
+    """Sequential tau-leaping (one denoiser call per round; with skip-inactive, each unfinished
+    sample at its own next active step). ``sample(x_init, seed)`` returns a :class:`SampleResult`."""
+
+
+class PITSampler(_Sampler):
+    """Parallel-in-time (Picard) sampling over windows of ``window`` steps (arXiv 2607.00773).
+
+    ``mode="exact"`` (default) slides each sample's window past its converged prefix; with
+    ``tol=0`` the tokens equal :class:`TauLeapingSampler`'s for the same seed. ``tol > 0`` accepts
+    slices whose changed fraction of positions is at most ``tol``. ``mode="fixed"`` runs exactly
+    ``max_iters`` iterations per block of ``window`` steps (exact only if ``max_iters >= window``
+    or the block converged earlier, which ends it early).
+    """
+
+    def __init__(self, denoiser: Denoiser, *, window: int = 16, max_iters: int | None = None, tol: float = 0.0,
+                 mode: str = "exact", **kwargs):
+        super().__init__(denoiser, **kwargs)
+        _require(_is_int(window) and window >= 1, f"window must be an int >= 1, got {window!r}")
+        _require(mode in ("exact", "fixed"), f"mode must be 'exact' or 'fixed', got {mode!r}")
+        _require(isinstance(tol, (int, float)) and 0.0 <= tol < 1.0, f"tol must lie in [0, 1), got {tol!r}")
+        if mode == "fixed":
+            _require(_is_int(max_iters) and max_iters >= 1, f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
+        else:
+            _require(max_iters is None, "max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
+        self.window, self.max_iters, self.tol, self.mode = window, max_iters, float(tol), mode
+        self.exact = tol == 0.0 and (mode == "exact" or max_iters >= window)
+
+    def _accept(self, residual, live, iters_here, length):
+        n_live = live.sum(0)
+        settled = (residual <= self.tol * length) | ~live
+        if self.mode == "fixed":
+            done = settled.all(0) | (iters_here >= self.max_iters)
+            return torch.where(done, n_live, 0)
+        leading = torch.cumprod(settled[:-1].to(torch.int64), 0).sum(0)
+        return torch.minimum(1 + leading, n_live)

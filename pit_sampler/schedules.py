@@ -1,0 +1,130 @@
+"""Noise schedules of absorbing diffusion and the time grids the samplers step on.
+
+A schedule gives ``alpha(t)``, the probability that a position is still clean at time ``t``
+(``alpha(0) = 1``, decreasing), and from it
+
+* ``rate(t) = r(t) = -alpha'(t) / (1 - alpha(t))``: the total unmasking rate of a masked position
+  (mean parametrization: a masked position jumps to ``v`` at rate ``r(t) p(v | x)``);
+* ``sigma(t) = -alpha'(t) / alpha(t)``: the SEDD total noise rate, so that with the score
+  parametrization the rate to ``v`` is ``sigma(t) exp(s_v)``;
+* ``integral(t_hi, t_lo) = int_{t_lo}^{t_hi} r(t) dt = log((1 - alpha(t_hi)) / (1 - alpha(t_lo)))``.
+
+All functions take and return float64 tensors (or Python floats).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _t(t) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+class Schedule:
+    """Base class: subclasses define ``alpha`` and ``alpha_prime``; the rest follows."""
+
+    name = "schedule"
+
+    def alpha(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def alpha_prime(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rate(self, t) -> torch.Tensor:
+        t = _t(t)
+        return -self.alpha_prime(t) / (1.0 - self.alpha(t))
+
+    def sigma(self, t) -> torch.Tensor:
+        t = _t(t)
+        return -self.alpha_prime(t) / self.alpha(t)
+
+    def integral(self, t_hi, t_lo) -> torch.Tensor:
+        return torch.log((1.0 - self.alpha(_t(t_hi))) / (1.0 - self.alpha(_t(t_lo))))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LogLinear(Schedule):
+    """SEDD/RADD: ``1 - alpha(t) = (1 - eps) t``, so ``r(t) = 1 / t`` and ``alpha(1) = eps > 0``."""
+
+    name = "loglinear"
+
+    def __init__(self, eps: float = 1e-3):
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"eps must lie in [0, 1), got {eps}")
+        self.eps = eps
+
+    def alpha(self, t):
+        return 1.0 - (1.0 - self.eps) * _t(t)
+
+    def alpha_prime(self, t):
+        return torch.full_like(_t(t), -(1.0 - self.eps))
+
+    def __repr__(self):
+        return f"LogLinear(eps={self.eps})"
+
+
+class Linear(Schedule):
+    """MDLM linear: ``alpha(t) = 1 - t`` (``r(t) = 1 / t``)."""
+
+    name = "linear"
+
+    def alpha(self, t):
+        return 1.0 - _t(t)
+
+    def alpha_prime(self, t):
+        return torch.full_like(_t(t), -1.0)
+
+
+class Cosine(Schedule):
+    """Cosine: ``alpha(t) = cos(pi t / 2)`` (``r(t) = (pi/2) sin / (1 - cos)``, about ``2 / t`` near 0)."""
+
+    name = "cosine"
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * _t(t))
+
+    def alpha_prime(self, t):
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * _t(t))
+
+
+SCHEDULES = {"loglinear": LogLinear, "linear": Linear, "cosine": Cosine}
+
+
+def get_schedule(schedule: str | Schedule) -> Schedule:
+    """A :class:`Schedule` from an instance or one of the names ``loglinear``, ``linear``, ``cosine``."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, str) and schedule in SCHEDULES:
+        return SCHEDULES[schedule]()
+    raise ValueError(f"schedule must be a Schedule or one of {sorted(SCHEDULES)}, got {schedule!r}")
+
+
+GRIDS = ("uniform", "geometric")
+
+
+def time_grid(num_steps: int, grid: str = "geometric", t_max: float = 1.0, t_min: float = 1e-3) -> torch.Tensor:
+    """float64 ``[num_steps + 1]``: ``t_0 = t_max > t_1 > ... > t_N = t_min``.
+
+    ``uniform`` is evenly spaced in ``t``; ``geometric`` is evenly spaced in ``log t`` (constant
+    ``Delta / t``), the safe default near ``t -> 0`` where ``r(t)`` blows up.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    if not (isinstance(t_max, (int, float)) and 0.0 < t_max <= 1.0):
+        raise ValueError(f"t_max must lie in (0, 1], got {t_max!r}")
+    if not (isinstance(t_min, (int, float)) and 0.0 < t_min < t_max):
+        raise ValueError(f"t_min must lie in (0, t_max) = (0, {t_max}), got {t_min!r}")
+    j = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    if grid == "uniform":
+        ts = t_max + (t_min - t_max) * j
+    elif grid == "geometric":
+        ts = t_max * (t_min / t_max) ** j
+    else:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    ts[0], ts[-1] = t_max, t_min
+    return ts

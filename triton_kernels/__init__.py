@@ -1,0 +1,1 @@
+"""Fused Triton kernels, shipped as ``pit_sampler.triton_kernels`` (one module per op)."""
