@@ -4,6 +4,7 @@
 iterations, bit-identical to the sequential sample with ``tol=0``), over the ops in
 :mod:`pit_sampler.ops`. The semantic contract: docs/sampler-spec.md.
 """
+
 from . import ops
 from .noise import sample_seeds
 from .rules import RULES
@@ -12,6 +13,16 @@ from .schedules import Cosine, Linear, LogLinear, Schedule, get_schedule, time_g
 
 __version__ = "0.1.0"
 __all__ = [
-    "PITSampler", "TauLeapingSampler", "SampleResult", "ops", "Schedule", "LogLinear", "Linear", "Cosine",
-    "get_schedule", "time_grid", "sample_seeds", "RULES",
+    "PITSampler",
+    "TauLeapingSampler",
+    "SampleResult",
+    "ops",
+    "Schedule",
+    "LogLinear",
+    "Linear",
+    "Cosine",
+    "get_schedule",
+    "time_grid",
+    "sample_seeds",
+    "RULES",
 ]

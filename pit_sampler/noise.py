@@ -33,6 +33,7 @@ A plain float32 ``-log(-log(u))`` rounds ``u`` to 1 near the top and truncates t
 (Zheng et al., arXiv 2409.02908); here the largest value is ``-log(2**-33) = 22.87`` and the smallest
 ``-log(log(2**33)) = -3.13``, never inf or nan, and the result agrees with float64 to float32 rounding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,7 +55,9 @@ def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
     """Philox4x32 on int64 tensors holding uint32 values (broadcasting); returns four uint32 words."""
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(*[torch.as_tensor(t, dtype=torch.int64) for t in (c0, c1, c2, c3, k0, k1)])
+    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(
+        *[torch.as_tensor(t, dtype=torch.int64) for t in (c0, c1, c2, c3, k0, k1)]
+    )
     for r in range(rounds):
         hi0, lo0 = _mulhilo(PHILOX_M0, c0)
         hi1, lo1 = _mulhilo(PHILOX_M1, c2)
@@ -72,7 +75,9 @@ def sample_seeds(seed: int | torch.Tensor, batch: int, device: torch.device | st
     """Per-sample seeds ``LongTensor[batch]``: derived from an ``int`` seed and the slot, or checked and returned."""
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.shape != (batch,):
-            raise TypeError(f"seed must be an int or a LongTensor of shape [{batch}], got {seed.dtype} {tuple(seed.shape)}")
+            raise TypeError(
+                f"seed must be an int or a LongTensor of shape [{batch}], got {seed.dtype} {tuple(seed.shape)}"
+            )
         return seed.to(device)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or a LongTensor[B], got {type(seed).__name__}")

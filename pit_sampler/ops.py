@@ -19,6 +19,7 @@ the op at run time, in this order:
 The backend is a run-time choice inside the op body (not a schema argument), so it also applies
 inside compiled graphs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,7 +102,9 @@ def backend_for(device: torch.device | str) -> str:
         if name not in _BACKENDS:
             raise ValueError(f"PIT_SAMPLER_BACKEND must be 'auto' or one of {sorted(_BACKENDS)}, got {name!r}")
         if not _BACKENDS[name].supports(device):
-            raise ValueError(f"backend {name!r} cannot run on {device.type} tensors (available: {available_backends(device)})")
+            raise ValueError(
+                f"backend {name!r} cannot run on {device.type} tensors (available: {available_backends(device)})"
+            )
         return name
     for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
         if candidate in _BACKENDS and _BACKENDS[candidate].supports(device):
@@ -127,11 +130,24 @@ def _(x, seeds, cdf, mask_id, rule):
 
 @torch.library.custom_op("pit_sampler::sweep", mutates_args=())
 def _sweep(
-    logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
-    rate: Tensor, mask_id: int, temperature: float, rule: int, score: bool, argmax_final: bool,
+    logits: Tensor,
+    rows: Tensor,
+    steps: Tensor,
+    x0: Tensor,
+    prev: Tensor,
+    seeds: Tensor,
+    cdf: Tensor,
+    rate: Tensor,
+    mask_id: int,
+    temperature: float,
+    rule: int,
+    score: bool,
+    argmax_final: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     backend = _run("sweep", x0.device)
-    return backend.sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final)
+    return backend.sweep(
+        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final
+    )
 
 
 @_sweep.register_fake
@@ -146,26 +162,29 @@ def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rul
     )
 
 
-def _check(cond: bool, exc: type, message: str) -> None:
-    if not cond:
-        raise exc(message)
-
-
 def _check_int64(name: str, t, ndim: int) -> None:
-    _check(isinstance(t, Tensor), TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check(t.dtype == torch.int64, TypeError, f"{name} must be int64, got {t.dtype}")
-    _check(t.dim() == ndim, ValueError, f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not (t.dtype == torch.int64):
+        raise TypeError(f"{name} must be int64, got {t.dtype}")
+    if not (t.dim() == ndim):
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
 
 
 def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> None:
     _check_int64("seeds", seeds, 1)
     _check_int64("cdf", cdf, 2)
-    _check(seeds.shape[0] == x.shape[0], ValueError, f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
-    _check(cdf.shape[0] >= 1 and cdf.shape[1] >= 1, ValueError, f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
-    _check(isinstance(mask_id, int) and mask_id >= 0, ValueError, f"mask_id must be an int >= 0, got {mask_id!r}")
-    _check(rule in range(len(RULES)), ValueError, f"rule must be an index into {RULES}, got {rule!r}")
+    if not (seeds.shape[0] == x.shape[0]):
+        raise ValueError(f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
+    if not (cdf.shape[0] >= 1 and cdf.shape[1] >= 1):
+        raise ValueError(f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
+    if not (isinstance(mask_id, int) and mask_id >= 0):
+        raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
+    if not (isinstance(rule, int) and 0 <= rule < len(RULES)):
+        raise ValueError(f"rule must be an index into {RULES}, got {rule!r}")
     for name, t in (("seeds", seeds), ("cdf", cdf)):
-        _check(t.device == x.device, ValueError, f"{name} is on {t.device} but x is on {x.device}")
+        if not (t.device == x.device):
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
 def unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
@@ -176,8 +195,18 @@ def unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int)
 
 
 def sweep(
-    logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
-    rate: Tensor, mask_id: int, temperature: float = 1.0, rule: int = 0, score: bool = False,
+    logits: Tensor,
+    rows: Tensor,
+    steps: Tensor,
+    x0: Tensor,
+    prev: Tensor,
+    seeds: Tensor,
+    cdf: Tensor,
+    rate: Tensor,
+    mask_id: int,
+    temperature: float = 1.0,
+    rule: int = 0,
+    score: bool = False,
     argmax_final: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
@@ -187,8 +216,10 @@ def sweep(
     ``rate`` float32 ``[N + 1]``. See :mod:`pit_sampler.reference` for the semantics. Only shapes,
     dtypes and devices are checked here (no data-dependent checks, so this traces without breaks).
     """
-    _check(isinstance(logits, Tensor), TypeError, f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    _check(logits.dtype in LOGITS_DTYPES, TypeError, f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
+    if not (isinstance(logits, Tensor)):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not (logits.dtype in LOGITS_DTYPES):
+        raise TypeError(f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
     _check_int64("rows", rows, 2)
     _check_int64("steps", steps, 2)
     _check_int64("x0", x0, 2)
@@ -196,18 +227,35 @@ def sweep(
     _check_common(x0, seeds, cdf, mask_id, rule)
     B, L = x0.shape
     W = steps.shape[0]
-    _check(logits.dim() == 3 and logits.shape[1] == L, ValueError, f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
-    _check(mask_id < logits.shape[2], ValueError, f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
-    _check(tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B), ValueError,
-           f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
-    _check(tuple(prev.shape) == (W, B, L), ValueError, f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
-    _check(isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],), TypeError,
-           f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
-    _check(isinstance(temperature, (int, float)) and temperature > 0, ValueError, f"temperature must be > 0, got {temperature!r}")
+    if not (logits.dim() == 3 and logits.shape[1] == L):
+        raise ValueError(f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
+    if not (mask_id < logits.shape[2]):
+        raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
+    if not (tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B)):
+        raise ValueError(f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
+    if not (tuple(prev.shape) == (W, B, L)):
+        raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
+    if not (isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],)):
+        raise TypeError(f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     for name, t in (("logits", logits), ("rows", rows), ("steps", steps), ("prev", prev), ("rate", rate)):
-        _check(t.device == x0.device, ValueError, f"{name} is on {t.device} but x0 is on {x0.device}")
+        if not (t.device == x0.device):
+            raise ValueError(f"{name} is on {t.device} but x0 is on {x0.device}")
     return torch.ops.pit_sampler.sweep(
-        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, float(temperature), rule, bool(score), bool(argmax_final)
+        logits,
+        rows,
+        steps,
+        x0,
+        prev,
+        seeds,
+        cdf,
+        rate,
+        mask_id,
+        float(temperature),
+        rule,
+        bool(score),
+        bool(argmax_final),
     )
 
 

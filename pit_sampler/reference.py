@@ -24,6 +24,7 @@ argmax_final) -> (states, counts, residual, invalid)``
     int32 ``[W, B]`` = rows that had to be read and hold NaN or +inf, or only -inf, on non-mask
     tokens (such a position stays masked; callers raise).
 """
+
 from __future__ import annotations
 
 import torch

@@ -21,6 +21,7 @@ Score parametrization (SEDD): the step's scalar ``rate[j]`` multiplies the row's
 for ``tweedie`` (the analytic absorbing step); ``K`` then comes from float32 CDFs in the kernel,
 saturating at :data:`SCORE_MAX_JUMPS`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

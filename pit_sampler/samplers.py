@@ -16,6 +16,7 @@ per sample is evaluated by one batched denoiser call on the window's ``W`` state
   of ``W`` steps with exactly ``max_iters`` iterations each (the paper's block form). Both are
   approximate and say so in ``SampleResult.exact``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,11 +47,6 @@ class SampleResult:
     exact: bool = True
 
 
-def _require(cond: bool, message: str, exc: type = ValueError) -> None:
-    if not cond:
-        raise exc(message)
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -75,32 +71,46 @@ class _Sampler:
         skip_inactive: bool | None = None,
         vocab_size: int | None = None,
         progress: bool = False,
+        compile: bool = False,
     ):
-        _require(callable(denoiser), f"denoiser must be callable, got {type(denoiser).__name__}", TypeError)
-        _require(_is_int(mask_id) and mask_id >= 0, f"mask_id must be an int >= 0, got {mask_id!r}")
-        _require(_is_int(num_steps) and num_steps >= 1, f"num_steps must be an int >= 1, got {num_steps!r}")
-        _require(rule in RULES, f"rule must be one of {RULES}, got {rule!r}")
-        _require(grid in GRIDS, f"grid must be one of {GRIDS}, got {grid!r}")
-        _require(final in ("sample", "argmax"), f"final must be 'sample' or 'argmax', got {final!r}")
-        _require(parametrization in ("mean", "score"), f"parametrization must be 'mean' or 'score', got {parametrization!r}")
-        _require(isinstance(temperature, (int, float)) and temperature > 0, f"temperature must be > 0, got {temperature!r}")
+        if not (callable(denoiser)):
+            raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
+        if not (_is_int(mask_id) and mask_id >= 0):
+            raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
+        if not (_is_int(num_steps) and num_steps >= 1):
+            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        if not (rule in RULES):
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if not (grid in GRIDS):
+            raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+        if not (final in ("sample", "argmax")):
+            raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
+        if not (parametrization in ("mean", "score")):
+            raise ValueError(f"parametrization must be 'mean' or 'score', got {parametrization!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
         score = parametrization == "score"
         if skip_inactive is None:
             skip_inactive = not score
-        _require(not (score and skip_inactive), "skip_inactive needs the mean parametrization (score rates depend on the model)")
-        _require(vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id),
-                 f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
+        if not (not (score and skip_inactive)):
+            raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
+        if not (vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id)):
+            raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
         self.denoiser = denoiser
         self.mask_id, self.num_steps, self.rule, self.final = mask_id, num_steps, rule, final
         self.schedule = get_schedule(schedule)
         self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
         self.tables = step_tables(self.schedule, self.times, rule)
         if score:
-            _require(bool(torch.isfinite(self.tables.rate).all()),
-                     f"schedule {self.schedule!r} has an infinite score rate at t_max={t_max} (needs alpha(t_max) > 0)")
+            if not (bool(torch.isfinite(self.tables.rate).all())):
+                raise ValueError(
+                    f"schedule {self.schedule!r} has an infinite score rate at t_max={t_max} (needs alpha(t_max) > 0)"
+                )
         self.parametrization, self.score = parametrization, score
         self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
         self.vocab_size, self.progress = vocab_size, progress
+        self.rule_id = self.tables.rule
+        self._step = torch.compile(self.step, fullgraph=True) if compile else self.step
 
     # -- what each subclass decides -----------------------------------------------------------
     def _accept(self, residual: Tensor, live: Tensor, iters_here: Tensor, length: int) -> Tensor:
@@ -111,20 +121,22 @@ class _Sampler:
 
     # -- the shared loop ------------------------------------------------------------------------
     def _check_x_init(self, x_init) -> None:
-        _require(isinstance(x_init, Tensor), f"x_init must be a torch.Tensor, got {type(x_init).__name__}", TypeError)
-        _require(not x_init.is_floating_point() and not x_init.is_complex() and x_init.dtype != torch.bool,
-                 f"x_init must hold integer token ids, got {x_init.dtype}", TypeError)
-        _require(x_init.dim() == 2, f"x_init must have shape [B, L], got {tuple(x_init.shape)}")
-        _require(x_init.shape[0] >= 1, "x_init is an empty batch (B = 0)")
-        _require(x_init.shape[1] >= 1, "x_init has no positions (L = 0)")
-        _require(bool((x_init >= 0).all()), "x_init holds negative token ids")
+        if not (isinstance(x_init, Tensor)):
+            raise TypeError(f"x_init must be a torch.Tensor, got {type(x_init).__name__}")
+        if not (not x_init.is_floating_point() and not x_init.is_complex() and x_init.dtype != torch.bool):
+            raise TypeError(f"x_init must hold integer token ids, got {x_init.dtype}")
+        if not (x_init.dim() == 2):
+            raise ValueError(f"x_init must have shape [B, L], got {tuple(x_init.shape)}")
+        if not (x_init.shape[0] >= 1):
+            raise ValueError("x_init is an empty batch (B = 0)")
+        if not (x_init.shape[1] >= 1):
+            raise ValueError("x_init has no positions (L = 0)")
+        if not (bool((x_init >= 0).all())):
+            raise ValueError("x_init holds negative token ids")
         if self.vocab_size is not None:
-            self._check_vocab(x_init, self.vocab_size)
-
-    def _check_vocab(self, x: Tensor, V: int) -> None:
-        _require(self.mask_id < V, f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
-        top = int(x.max())
-        _require(top < V, f"x_init holds token id {top}, out of range for vocab size V={V}")
+            top = int(x_init.max())
+            if not (top < self.vocab_size):
+                raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
 
     def _plan(self, x: Tensor, seeds: Tensor, tables) -> Tensor:
         """int64 ``[B, S]``: each sample's steps in order, padded with -1."""
@@ -143,22 +155,47 @@ class _Sampler:
         plan = order[:, :width]
         return torch.where(plan <= N, plan, -1)
 
-    def _denoise(self, x: Tensor, t: Tensor, x_init: Tensor) -> Tensor:
-        logits = self.denoiser(x, t)
-        R, L = x.shape
-        _require(isinstance(logits, Tensor), f"denoiser must return a torch.Tensor, got {type(logits).__name__}", TypeError)
-        _require(logits.dtype in ops.LOGITS_DTYPES, f"denoiser must return float32/bfloat16/float16 logits, got {logits.dtype}", TypeError)
-        _require(logits.dim() == 3 and tuple(logits.shape[:2]) == (R, L),
-                 f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
+    def _check_logits(self, logits, xs: Tensor, top_token: int) -> None:
+        """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled step)."""
+        R, L = xs.shape
+        if not (isinstance(logits, Tensor)):
+            raise TypeError(f"denoiser must return a torch.Tensor, got {type(logits).__name__}")
+        if not (logits.dtype in ops.LOGITS_DTYPES):
+            raise TypeError(f"denoiser must return float32/bfloat16/float16 logits, got {logits.dtype}")
+        if not (logits.dim() == 3 and logits.shape[0] == R and logits.shape[1] == L):
+            raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
         V = logits.shape[2]
-        if self.vocab_size is not None:
-            _require(V == self.vocab_size, f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
-        if self._V is None:
-            self._check_vocab(x_init, V)
-            self._V = V
-        _require(V == self._V, f"denoiser changed its vocab size from {self._V} to {V} between calls")
-        _require(logits.device == x.device, f"denoiser returned logits on {logits.device}, expected {x.device}")
-        return logits
+        if not (self.vocab_size is None or V == self.vocab_size):
+            raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
+        if not (self.mask_id < V):
+            raise ValueError(f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
+        if not (top_token < V):
+            raise ValueError(f"x_init holds token id {top_token}, out of range for the denoiser's vocab size V={V}")
+        if not (logits.device == xs.device):
+            raise ValueError(f"denoiser returned logits on {logits.device}, expected {xs.device}")
+
+    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int):
+        """One iteration: the batched denoiser call on the window rows ``xs [R, L]`` at times ``ts [R]``,
+        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B])``.
+        Pure tensor code with static checks: ``torch.compile(sampler.step, fullgraph=True)`` traces it whole."""
+        logits = self.denoiser(xs, ts)
+        self._check_logits(logits, xs, top_token)
+        states, _, residual, invalid = ops.sweep(
+            logits,
+            rows,
+            steps,
+            x0,
+            prev,
+            seeds,
+            cdf,
+            rate,
+            self.mask_id,
+            self.temperature,
+            self.rule_id,
+            self.score,
+            self.final == "argmax",
+        )
+        return states, residual, invalid
 
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
         """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept)."""
@@ -176,7 +213,7 @@ class _Sampler:
         window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
         offsets = torch.arange(W, device=device)
         residuals, rounds, rows_evaluated = [], 0, 0
-        self._V = None
+        top_token = int(x_init.max())
         bar = _progress(self.progress, int(total.max()), type(self).__name__)
         while bool((pos < total).any()):
             idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
@@ -185,10 +222,17 @@ class _Sampler:
             w_idx, b_idx = live.nonzero(as_tuple=True)
             rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
             rows[w_idx, b_idx] = torch.arange(len(w_idx), device=device)
-            logits = self._denoise(window[w_idx, b_idx], times[steps[w_idx, b_idx]], x_init)
-            states, _, residual, invalid = ops.sweep(
-                logits, rows, steps, window[0], window[1:], seeds, tables.cdf, tables.rate, self.mask_id,
-                self.temperature, tables.rule, self.score, self.final == "argmax",
+            states, residual, invalid = self._step(
+                window[w_idx, b_idx],
+                times[steps[w_idx, b_idx]],
+                rows,
+                steps,
+                window[0],
+                window[1:],
+                seeds,
+                tables.cdf,
+                tables.rate,
+                top_token,
             )
             if bool(invalid.any()):
                 w, b = invalid.nonzero()[0].tolist()
@@ -234,16 +278,29 @@ class PITSampler(_Sampler):
     or the block converged earlier, which ends it early).
     """
 
-    def __init__(self, denoiser: Denoiser, *, window: int = 16, max_iters: int | None = None, tol: float = 0.0,
-                 mode: str = "exact", **kwargs):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        *,
+        window: int = 16,
+        max_iters: int | None = None,
+        tol: float = 0.0,
+        mode: str = "exact",
+        **kwargs,
+    ):
         super().__init__(denoiser, **kwargs)
-        _require(_is_int(window) and window >= 1, f"window must be an int >= 1, got {window!r}")
-        _require(mode in ("exact", "fixed"), f"mode must be 'exact' or 'fixed', got {mode!r}")
-        _require(isinstance(tol, (int, float)) and 0.0 <= tol < 1.0, f"tol must lie in [0, 1), got {tol!r}")
+        if not (_is_int(window) and window >= 1):
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if not (mode in ("exact", "fixed")):
+            raise ValueError(f"mode must be 'exact' or 'fixed', got {mode!r}")
+        if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+            raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
         if mode == "fixed":
-            _require(_is_int(max_iters) and max_iters >= 1, f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
+            if not (_is_int(max_iters) and max_iters >= 1):
+                raise ValueError(f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
         else:
-            _require(max_iters is None, "max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
+            if not (max_iters is None):
+                raise ValueError("max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
         self.window, self.max_iters, self.tol, self.mode = window, max_iters, float(tol), mode
         self.exact = tol == 0.0 and (mode == "exact" or max_iters >= window)
 

@@ -11,6 +11,7 @@ A schedule gives ``alpha(t)``, the probability that a position is still clean at
 
 All functions take and return float64 tensors (or Python floats).
 """
+
 from __future__ import annotations
 
 import math
