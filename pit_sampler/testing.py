@@ -1,0 +1,221 @@
+"""Oracle distributions with exact conditionals, for validating samplers (ours and yours).
+
+Each oracle is a distribution over sequences of ``length`` tokens from ``num_tokens`` clean tokens;
+the vocabulary adds one mask id (``mask_id = num_tokens``, ``vocab_size = num_tokens + 1``). It offers
+
+* ``conditionals(x)`` float64 ``[N, L, num_tokens]``: ``p(x_i = v | x_O)`` for every position, where
+  ``O`` is the set of positions of ``x`` that are not masked (masked positions: the exact marginal
+  given ``x_O``; observed positions: a point mass on their token);
+* ``__call__(x, t)``: the same as float32 log-probabilities ``[N, L, vocab_size]`` with ``-inf`` on the
+  mask column: a perfect, batch-invariant mean-parametrization denoiser (it ignores ``t``; every row
+  is computed on its own, in float64, elementwise);
+* ``log_prob(x)`` float64 ``[N]`` of clean sequences, and ``sample(n, generator)``: exact ancestral samples.
+
+Oracles: :class:`IndependentOracle` (independent positions), :class:`MixtureOracle` (a mixture of
+product distributions: strong long-range dependence through the latent component) and
+:class:`HMMOracle` (a hidden Markov model; forward-backward with missing observations).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["Oracle", "IndependentOracle", "MixtureOracle", "HMMOracle", "make_oracle", "ORACLES"]
+
+
+def _check_tokens(x: Tensor, vocab_size: int, length: int) -> None:
+    if not isinstance(x, Tensor) or x.is_floating_point() or x.dtype == torch.bool:
+        raise TypeError(f"x must be an integer tensor of token ids, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 2 or x.shape[1] != length:
+        raise ValueError(f"x must have shape [N, {length}], got {tuple(x.shape)}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab_size):
+        raise ValueError(f"x holds token ids outside [0, {vocab_size})")
+
+
+class Oracle:
+    """Base class: subclasses implement ``conditionals``, ``log_prob`` and ``sample``."""
+
+    def __init__(self, num_tokens: int, length: int):
+        if num_tokens < 2 or length < 1:
+            raise ValueError(f"need num_tokens >= 2 and length >= 1, got {num_tokens}, {length}")
+        self.num_tokens, self.length = num_tokens, length
+        self.mask_id, self.vocab_size = num_tokens, num_tokens + 1
+
+    def conditionals(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        _check_tokens(x, self.vocab_size, self.length)
+        logp = torch.log(self.conditionals(x.cpu())).to(torch.float32)
+        mask_col = torch.full((*logp.shape[:2], 1), float("-inf"), dtype=torch.float32)
+        return torch.cat([logp, mask_col], -1).to(x.device)
+
+    def _observed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(observed [N, L] bool, clean token ids with masks replaced by 0)``."""
+        observed = x != self.mask_id
+        return observed, torch.where(observed, x, 0)
+
+    def _point_masses(self, conditionals: Tensor, x: Tensor) -> Tensor:
+        observed, tokens = self._observed(x)
+        one_hot = torch.nn.functional.one_hot(tokens, self.num_tokens).to(torch.float64)
+        return torch.where(observed.unsqueeze(-1), one_hot, conditionals)
+
+
+def _random_simplex(shape, concentration: float, generator: torch.Generator) -> Tensor:
+    """Dirichlet(concentration) draws on the last axis (via normalised Gamma variates)."""
+    alpha = torch.full(shape, concentration, dtype=torch.float64)
+    g = torch._standard_gamma(alpha, generator=generator)
+    g = g.clamp(min=1e-300)
+    return g / g.sum(-1, keepdim=True)
+
+
+class IndependentOracle(Oracle):
+    """``p(x) = prod_l p_l(x_l)``: no dependence; every conditional is the position's marginal."""
+
+    def __init__(self, probs: Tensor):
+        super().__init__(probs.shape[1], probs.shape[0])
+        self.probs = probs.to(torch.float64)  # [L, K]
+
+    @classmethod
+    def random(cls, num_tokens: int = 6, length: int = 16, concentration: float = 0.5, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return cls(_random_simplex((length, num_tokens), concentration, g).clamp(min=1e-6))
+
+    def conditionals(self, x):
+        return self._point_masses(self.probs.expand(x.shape[0], -1, -1), x)
+
+    def log_prob(self, x):
+        _check_tokens(x, self.num_tokens, self.length)
+        return torch.log(self.probs).gather(1, x.cpu().T).sum(0)
+
+    def sample(self, n, generator=None):
+        return torch.multinomial(self.probs, n, replacement=True, generator=generator).T.contiguous()
+
+
+class MixtureOracle(Oracle):
+    """``p(x) = sum_c w_c prod_l p_{c,l}(x_l)``.
+
+    Given observed ``x_O``, the posterior over components is ``w_c prod_{l in O} p_{c,l}(x_l)``
+    (normalised) and ``p(x_i = v | x_O) = sum_c post_c p_{c,i}(v)``. Peaked components make one
+    observed token inform every other position: long-range dependence, the hard case for
+    factorised (parallel) decoding.
+    """
+
+    def __init__(self, weights: Tensor, probs: Tensor):
+        super().__init__(probs.shape[2], probs.shape[1])
+        self.log_w = torch.log(weights.to(torch.float64))  # [C]
+        self.log_p = torch.log(probs.to(torch.float64))  # [C, L, K]
+
+    @classmethod
+    def random(cls, num_tokens: int = 6, length: int = 16, components: int = 4, concentration: float = 0.1, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        weights = _random_simplex((components,), 2.0, g)
+        probs = _random_simplex((components, length, num_tokens), concentration, g).clamp(min=1e-4)
+        return cls(weights, probs / probs.sum(-1, keepdim=True))
+
+    def _log_posterior(self, x: Tensor) -> Tensor:
+        observed, tokens = self._observed(x)
+        # log p_{c,l}(x_l) for every sample, component and position: [N, C, L]
+        per_pos = self.log_p.unsqueeze(0).expand(x.shape[0], -1, -1, -1).gather(
+            3, tokens.unsqueeze(1).unsqueeze(-1).expand(-1, self.log_p.shape[0], -1, 1)
+        ).squeeze(-1)
+        joint = self.log_w + torch.where(observed.unsqueeze(1), per_pos, 0.0).sum(-1)  # [N, C]
+        return joint - torch.logsumexp(joint, -1, keepdim=True), joint
+
+    def conditionals(self, x):
+        log_post, _ = self._log_posterior(x)
+        cond = (log_post.exp()[:, :, None, None] * self.log_p.exp().unsqueeze(0)).sum(1)  # [N, L, K]
+        return self._point_masses(cond, x)
+
+    def log_prob(self, x):
+        _check_tokens(x, self.num_tokens, self.length)
+        return torch.logsumexp(self._log_posterior(x.cpu())[1], -1)
+
+    def sample(self, n, generator=None):
+        c = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
+        probs = self.log_p.exp()[c].reshape(n * self.length, self.num_tokens)
+        return torch.multinomial(probs, 1, generator=generator).view(n, self.length)
+
+
+class HMMOracle(Oracle):
+    """Hidden Markov model: ``z_1 ~ pi``, ``z_{l+1} | z_l ~ A[z_l]``, ``x_l | z_l ~ B[z_l]``.
+
+    Conditionals by scaled forward-backward with missing data (a masked position's emission factor
+    is 1): ``p(z_i = s | x_O) ∝ a_i(s) b_i(s)`` and ``p(x_i = v | x_O) = sum_s p(z_i = s | x_O) B[s, v]``.
+    """
+
+    def __init__(self, initial: Tensor, transition: Tensor, emission: Tensor, length: int):
+        super().__init__(emission.shape[1], length)
+        self.pi, self.A, self.B = (t.to(torch.float64) for t in (initial, transition, emission))
+
+    @classmethod
+    def random(cls, num_tokens: int = 6, length: int = 16, states: int = 4, stickiness: float = 0.8, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        S = states
+        A = stickiness * torch.eye(S, dtype=torch.float64) + (1 - stickiness) * _random_simplex((S, S), 1.0, g)
+        B = _random_simplex((S, num_tokens), 0.3, g).clamp(min=1e-4)
+        return cls(_random_simplex((S,), 2.0, g), A, B / B.sum(-1, keepdim=True), length)
+
+    def _emissions(self, x: Tensor) -> Tensor:
+        observed, tokens = self._observed(x)
+        e = self.B.T[tokens]  # [N, L, S]
+        return torch.where(observed.unsqueeze(-1), e, 1.0)
+
+    def _forward_backward(self, x: Tensor):
+        e = self._emissions(x)
+        N, L, S = e.shape
+        alpha = torch.empty(N, L, S, dtype=torch.float64)
+        log_scale = torch.zeros(N, dtype=torch.float64)
+        a = self.pi * e[:, 0]
+        for i in range(L):
+            if i:
+                a = (a.unsqueeze(-1) * self.A).sum(1) * e[:, i]
+            c = a.sum(-1, keepdim=True)
+            log_scale += torch.log(c.squeeze(-1))
+            a = a / c
+            alpha[:, i] = a
+        beta = torch.ones(N, L, S, dtype=torch.float64)
+        b = torch.ones(N, S, dtype=torch.float64)
+        for i in range(L - 2, -1, -1):
+            b = (self.A * (e[:, i + 1] * b).unsqueeze(1)).sum(-1)
+            b = b / b.sum(-1, keepdim=True)
+            beta[:, i] = b
+        return alpha, beta, log_scale
+
+    def conditionals(self, x):
+        alpha, beta, _ = self._forward_backward(x)
+        # posterior of z_i given the observations other than x_i: divide out position i's own emission
+        e = self._emissions(x)
+        post = alpha * beta / e
+        post = post / post.sum(-1, keepdim=True)
+        cond = (post.unsqueeze(-1) * self.B).sum(2)  # [N, L, K]
+        return self._point_masses(cond, x)
+
+    def log_prob(self, x):
+        _check_tokens(x, self.num_tokens, self.length)
+        return self._forward_backward(x.cpu())[2]
+
+    def sample(self, n, generator=None):
+        z = torch.multinomial(self.pi, n, replacement=True, generator=generator)
+        out = torch.empty(n, self.length, dtype=torch.int64)
+        for i in range(self.length):
+            if i:
+                z = torch.multinomial(self.A[z], 1, generator=generator).squeeze(1)
+            out[:, i] = torch.multinomial(self.B[z], 1, generator=generator).squeeze(1)
+        return out
+
+
+ORACLES = {"independent": IndependentOracle, "mixture": MixtureOracle, "hmm": HMMOracle}
+
+
+def make_oracle(name: str, seed: int = 0, **kwargs) -> Oracle:
+    """A random oracle by name (``independent``, ``mixture``, ``hmm``); ``kwargs`` go to ``.random``."""
+    if name not in ORACLES:
+        raise ValueError(f"oracle must be one of {sorted(ORACLES)}, got {name!r}")
+    return ORACLES[name].random(seed=seed, **kwargs)
