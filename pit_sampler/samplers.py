@@ -138,6 +138,21 @@ class _Sampler:
             if not (top < self.vocab_size):
                 raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
 
+    def _checked_top_token(self, x_init: Tensor, times: Tensor) -> int:
+        """The largest prompt token id, checked against the vocabulary before the model sees it.
+
+        Without ``vocab_size``, a prompt (non-mask tokens) costs one extra all-mask denoiser row to
+        learn ``V``, so an out-of-range id is reported here rather than crashing inside the model.
+        """
+        prompt = x_init != self.mask_id
+        top = int(x_init[prompt].max()) if bool(prompt.any()) else 0
+        if self.vocab_size is None and bool(prompt.any()):
+            probe = self.denoiser(torch.full_like(x_init[:1], self.mask_id), times[:1])
+            if isinstance(probe, Tensor) and probe.dim() == 3:
+                if not (top < probe.shape[2]):
+                    raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={probe.shape[2]}")
+        return top
+
     def _plan(self, x: Tensor, seeds: Tensor, tables) -> Tensor:
         """int64 ``[B, S]``: each sample's steps in order, padded with -1."""
         B, N = x.shape[0], self.num_steps
@@ -161,7 +176,7 @@ class _Sampler:
         if not (isinstance(logits, Tensor)):
             raise TypeError(f"denoiser must return a torch.Tensor, got {type(logits).__name__}")
         if not (logits.dtype in ops.LOGITS_DTYPES):
-            raise TypeError(f"denoiser must return float32/bfloat16/float16 logits, got {logits.dtype}")
+            raise TypeError(f"denoiser must return float logits (float64/32, bfloat16, float16), got {logits.dtype}")
         if not (logits.dim() == 3 and logits.shape[0] == R and logits.shape[1] == L):
             raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
         V = logits.shape[2]
@@ -179,6 +194,8 @@ class _Sampler:
         then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B])``.
         Pure tensor code with static checks: ``torch.compile(sampler.step, fullgraph=True)`` traces it whole."""
         logits = self.denoiser(xs, ts)
+        if isinstance(logits, Tensor) and logits.dtype == torch.float64:
+            logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
         self._check_logits(logits, xs, top_token)
         states, _, residual, invalid = ops.sweep(
             logits,
@@ -213,7 +230,7 @@ class _Sampler:
         window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
         offsets = torch.arange(W, device=device)
         residuals, rounds, rows_evaluated = [], 0, 0
-        top_token = int(x_init.max())
+        top_token = self._checked_top_token(x_init, times)
         bar = _progress(self.progress, int(total.max()), type(self).__name__)
         while bool((pos < total).any()):
             idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]

@@ -1,0 +1,166 @@
+"""PIT with tol=0 equals sequential tau-leaping, bit for bit; skip-inactive changes no token.
+
+Also checks both against a naive step-by-step sampler written here from the spec's formulas (float64
+Poisson CDFs, not the integer tables of ``rules.py``), so the samplers are not only equal to each other.
+"""
+import math
+
+import pytest
+import torch
+
+import pit_sampler as ps
+from pit_sampler import noise
+from pit_sampler.testing import make_oracle
+
+NUM_STEPS = 24
+WINDOWS = (1, 2, 7, 64, NUM_STEPS + 9)  # 64 and NUM_STEPS + 9 exceed the number of steps
+SEEDS = (0, 12345)
+
+
+def _x_init(oracle, batch, prompt, seed):
+    x = torch.full((batch, oracle.length), oracle.mask_id)
+    if prompt:  # a prefix prompt in one sample, scattered infilling context in another
+        g = torch.Generator().manual_seed(seed)
+        truth = oracle.sample(batch, g)
+        x[0, :3] = truth[0, :3]
+        keep = torch.rand(oracle.length, generator=g) < 0.4
+        x[-1, keep] = truth[-1, keep]
+    return x
+
+
+def naive_tau_leaping(denoiser, x, seed, schedule, times, rule, mask_id, temperature=1.0, final="sample"):
+    """The spec, literally: every step in order for the whole batch, float64 rule probabilities."""
+    x = x.clone()
+    B, L = x.shape
+    seeds = noise.sample_seeds(seed, B)
+    positions = torch.arange(L)
+    N = len(times) - 1
+    for j in range(N + 1):
+        masked = x == mask_id
+        if not masked.any():
+            continue
+        u = (noise.jump_bits(seeds[:, None], torch.tensor(j), positions[None]).double() + 0.5) / 2**32
+        if j == N:
+            go = masked
+        elif rule == "tweedie":
+            a_now, a_next = schedule.alpha(times[j]), schedule.alpha(times[j + 1])
+            go = masked & (u > 1 - (a_next - a_now) / (1 - a_now))
+        else:
+            lam = float((times[j] - times[j + 1]) * schedule.rate(times[j]))
+            p0, p1 = math.exp(-lam), math.exp(-lam) * (1 + lam)
+            go = masked & ((u > p0) & (u <= p1) if rule == "reject" else (u > p0))
+        if not go.any():
+            continue
+        logits = denoiser(x, torch.full((B,), float(times[j]))).float() / temperature
+        bb, ll = go.nonzero(as_tuple=True)
+        rows = logits[bb, ll]
+        if not (j == N and final == "argmax"):
+            vocab = torch.arange(rows.shape[1])
+            bits = noise.gumbel_bits(seeds[bb, None], torch.tensor(j), ll[:, None], vocab)
+            rows = rows + noise.gumbel_from_bits(bits)
+        rows[:, mask_id] = float("-inf")
+        x[bb, ll] = rows.argmax(1)
+    return x
+
+
+@pytest.fixture(scope="module", params=["mixture", "hmm"])
+def oracle(request):
+    return make_oracle(request.param, seed=3, num_tokens=5, length=10)
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "linear", "cosine"])
+@pytest.mark.parametrize("grid", ["uniform", "geometric"])
+@pytest.mark.parametrize("rule", ["reject", "first", "tweedie"])
+def test_pit_equals_sequential(oracle, rule, grid, schedule):
+    kw = dict(mask_id=oracle.mask_id, num_steps=NUM_STEPS, rule=rule, grid=grid, schedule=schedule)
+    for seed in SEEDS:
+        for prompt in (False, True):
+            x = _x_init(oracle, 3, prompt, seed)
+            seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=seed)
+            assert not (seq.tokens == oracle.mask_id).any()
+            if prompt:
+                kept = x != oracle.mask_id
+                assert torch.equal(seq.tokens[kept], x[kept])
+            dense = ps.TauLeapingSampler(oracle, skip_inactive=False, **kw).sample(x, seed=seed)
+            assert torch.equal(dense.tokens, seq.tokens)
+            assert dense.rounds == NUM_STEPS + 1 >= seq.rounds
+            naive = naive_tau_leaping(oracle, x, seed, ps.get_schedule(schedule), ps.time_grid(NUM_STEPS, grid), rule,
+                                      oracle.mask_id)
+            assert torch.equal(naive, seq.tokens)
+            for window in WINDOWS:
+                for skip in (True, False) if window in (1, 7) else (True,):
+                    pit = ps.PITSampler(oracle, window=window, skip_inactive=skip, **kw).sample(x, seed=seed)
+                    assert torch.equal(pit.tokens, seq.tokens), (window, skip, seed, prompt)
+                    assert pit.exact
+                    assert pit.rounds <= (seq.rounds if skip else dense.rounds)
+
+
+@pytest.mark.parametrize("window", [1, 3, 40])
+def test_score_parametrization_pit_equals_sequential(window):
+    oracle = make_oracle("mixture", seed=1, num_tokens=4, length=8)
+    sched = ps.LogLinear()
+
+    def scores(x, t):  # a perfect SEDD-style log-score model: s_v = log p(v | x) + log(alpha / (1 - alpha))
+        a = sched.alpha(t.double()).float()
+        return oracle(x, t) + torch.log(a / (1 - a))[:, None, None]
+
+    for rule in ("reject", "first", "tweedie"):
+        kw = dict(mask_id=oracle.mask_id, num_steps=16, rule=rule, parametrization="score")
+        x = _x_init(oracle, 4, True, 7)
+        seq = ps.TauLeapingSampler(scores, **kw).sample(x, seed=5)
+        pit = ps.PITSampler(scores, window=window, **kw).sample(x, seed=5)
+        assert torch.equal(seq.tokens, pit.tokens)
+        assert seq.rounds == 17
+
+
+@pytest.mark.parametrize("final", ["sample", "argmax"])
+def test_temperature_and_final_rule(final):
+    oracle = make_oracle("hmm", seed=2, num_tokens=6, length=9)
+    kw = dict(mask_id=oracle.mask_id, num_steps=8, rule="first", temperature=0.7, final=final, grid="uniform")
+    x = _x_init(oracle, 5, False, 0)
+    seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=9)
+    pit = ps.PITSampler(oracle, window=4, **kw).sample(x, seed=9)
+    naive = naive_tau_leaping(oracle, x, 9, ps.LogLinear(), ps.time_grid(8, "uniform"), "first", oracle.mask_id,
+                              temperature=0.7, final=final)
+    assert torch.equal(seq.tokens, pit.tokens) and torch.equal(seq.tokens, naive)
+
+
+def test_pit_needs_far_fewer_rounds_on_dependent_oracles():
+    for name in ("mixture", "hmm"):
+        oracle = make_oracle(name, seed=0, num_tokens=8, length=64)
+        kw = dict(mask_id=oracle.mask_id, num_steps=256)
+        x = torch.full((4, oracle.length), oracle.mask_id)
+        seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=0)
+        pit = ps.PITSampler(oracle, window=32, **kw).sample(x, seed=0)
+        assert torch.equal(seq.tokens, pit.tokens)
+        # sequential needs one round per active step (about L of them); PIT converges a window in a few sweeps
+        assert pit.rounds * 3 <= seq.rounds, (name, seq.rounds, pit.rounds)
+
+
+def test_approximate_modes_report_it():
+    oracle = make_oracle("mixture", seed=0, num_tokens=5, length=12)
+    kw = dict(mask_id=oracle.mask_id, num_steps=32)
+    x = torch.full((2, oracle.length), oracle.mask_id)
+    seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=1)
+    fixed_full = ps.PITSampler(oracle, window=4, mode="fixed", max_iters=4, **kw).sample(x, seed=1)
+    assert fixed_full.exact and torch.equal(fixed_full.tokens, seq.tokens)
+    fixed_one = ps.PITSampler(oracle, window=8, mode="fixed", max_iters=1, **kw).sample(x, seed=1)
+    loose = ps.PITSampler(oracle, window=8, tol=0.5, **kw).sample(x, seed=1)
+    for r in (fixed_one, loose):
+        assert not r.exact
+        assert not (r.tokens == oracle.mask_id).any()
+    assert fixed_one.rounds < seq.rounds
+
+
+def test_seed_tensor_makes_samples_slot_independent():
+    oracle = make_oracle("hmm", seed=4, num_tokens=5, length=10)
+    kw = dict(mask_id=oracle.mask_id, num_steps=16)
+    seeds = torch.tensor([11, 22, 33], dtype=torch.int64)
+    x = torch.full((3, oracle.length), oracle.mask_id)
+    full = ps.PITSampler(oracle, window=5, **kw).sample(x, seed=seeds)
+    alone = ps.TauLeapingSampler(oracle, **kw).sample(x[1:2], seed=seeds[1:2])
+    assert torch.equal(full.tokens[1], alone.tokens[0])
+    again = ps.PITSampler(oracle, window=5, **kw).sample(x, seed=seeds)
+    assert torch.equal(full.tokens, again.tokens)
+    other = ps.PITSampler(oracle, window=5, **kw).sample(x, seed=seeds + 1)
+    assert not torch.equal(full.tokens, other.tokens)
