@@ -165,16 +165,16 @@ def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rul
 def _check_int64(name: str, t, ndim: int) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not (t.dtype == torch.int64):
+    if t.dtype != torch.int64:
         raise TypeError(f"{name} must be int64, got {t.dtype}")
-    if not (t.dim() == ndim):
+    if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
 
 
 def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> None:
     _check_int64("seeds", seeds, 1)
     _check_int64("cdf", cdf, 2)
-    if not (seeds.shape[0] == x.shape[0]):
+    if seeds.shape[0] != x.shape[0]:
         raise ValueError(f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
     if not (cdf.shape[0] >= 1 and cdf.shape[1] >= 1):
         raise ValueError(f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
@@ -183,7 +183,7 @@ def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int
     if not (isinstance(rule, int) and 0 <= rule < len(RULES)):
         raise ValueError(f"rule must be an index into {RULES}, got {rule!r}")
     for name, t in (("seeds", seeds), ("cdf", cdf)):
-        if not (t.device == x.device):
+        if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
@@ -216,9 +216,9 @@ def sweep(
     ``rate`` float32 ``[N + 1]``. See :mod:`pit_sampler.reference` for the semantics. Only shapes,
     dtypes and devices are checked here (no data-dependent checks, so this traces without breaks).
     """
-    if not (isinstance(logits, Tensor)):
+    if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not (logits.dtype in LOGITS_DTYPES):
+    if logits.dtype not in LOGITS_DTYPES:
         raise TypeError(f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
     _check_int64("rows", rows, 2)
     _check_int64("steps", steps, 2)
@@ -229,18 +229,18 @@ def sweep(
     W = steps.shape[0]
     if not (logits.dim() == 3 and logits.shape[1] == L):
         raise ValueError(f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
-    if not (mask_id < logits.shape[2]):
+    if mask_id >= logits.shape[2]:
         raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
     if not (tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B)):
         raise ValueError(f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
-    if not (tuple(prev.shape) == (W, B, L)):
+    if tuple(prev.shape) != (W, B, L):
         raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
     if not (isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],)):
         raise TypeError(f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     for name, t in (("logits", logits), ("rows", rows), ("steps", steps), ("prev", prev), ("rate", rate)):
-        if not (t.device == x0.device):
+        if t.device != x0.device:
             raise ValueError(f"{name} is on {t.device} but x0 is on {x0.device}")
     return torch.ops.pit_sampler.sweep(
         logits,

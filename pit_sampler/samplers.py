@@ -53,6 +53,7 @@ def _is_int(v) -> bool:
 
 class _Sampler:
     window = 1
+    max_rows = None
 
     def __init__(
         self,
@@ -73,26 +74,26 @@ class _Sampler:
         progress: bool = False,
         compile: bool = False,
     ):
-        if not (callable(denoiser)):
+        if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
         if not (_is_int(mask_id) and mask_id >= 0):
             raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
         if not (_is_int(num_steps) and num_steps >= 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-        if not (rule in RULES):
+        if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        if not (grid in GRIDS):
+        if grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-        if not (final in ("sample", "argmax")):
+        if final not in ("sample", "argmax"):
             raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
-        if not (parametrization in ("mean", "score")):
+        if parametrization not in ("mean", "score"):
             raise ValueError(f"parametrization must be 'mean' or 'score', got {parametrization!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         score = parametrization == "score"
         if skip_inactive is None:
             skip_inactive = not score
-        if not (not (score and skip_inactive)):
+        if score and skip_inactive:
             raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
         if not (vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id)):
             raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
@@ -102,7 +103,7 @@ class _Sampler:
         self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
         self.tables = step_tables(self.schedule, self.times, rule)
         if score:
-            if not (bool(torch.isfinite(self.tables.rate).all())):
+            if not bool(torch.isfinite(self.tables.rate).all()):
                 raise ValueError(
                     f"schedule {self.schedule!r} has an infinite score rate at t_max={t_max} (needs alpha(t_max) > 0)"
                 )
@@ -121,21 +122,21 @@ class _Sampler:
 
     # -- the shared loop ------------------------------------------------------------------------
     def _check_x_init(self, x_init) -> None:
-        if not (isinstance(x_init, Tensor)):
+        if not isinstance(x_init, Tensor):
             raise TypeError(f"x_init must be a torch.Tensor, got {type(x_init).__name__}")
-        if not (not x_init.is_floating_point() and not x_init.is_complex() and x_init.dtype != torch.bool):
+        if x_init.is_floating_point() or x_init.is_complex() or x_init.dtype == torch.bool:
             raise TypeError(f"x_init must hold integer token ids, got {x_init.dtype}")
-        if not (x_init.dim() == 2):
+        if x_init.dim() != 2:
             raise ValueError(f"x_init must have shape [B, L], got {tuple(x_init.shape)}")
-        if not (x_init.shape[0] >= 1):
+        if x_init.shape[0] == 0:
             raise ValueError("x_init is an empty batch (B = 0)")
-        if not (x_init.shape[1] >= 1):
+        if x_init.shape[1] == 0:
             raise ValueError("x_init has no positions (L = 0)")
-        if not (bool((x_init >= 0).all())):
+        if bool((x_init < 0).any()):
             raise ValueError("x_init holds negative token ids")
         if self.vocab_size is not None:
             top = int(x_init.max())
-            if not (top < self.vocab_size):
+            if top >= self.vocab_size:
                 raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
 
     def _checked_top_token(self, x_init: Tensor, times: Tensor) -> int:
@@ -149,7 +150,7 @@ class _Sampler:
         if self.vocab_size is None and bool(prompt.any()):
             probe = self.denoiser(torch.full_like(x_init[:1], self.mask_id), times[:1])
             if isinstance(probe, Tensor) and probe.dim() == 3:
-                if not (top < probe.shape[2]):
+                if top >= probe.shape[2]:
                     raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={probe.shape[2]}")
         return top
 
@@ -173,20 +174,20 @@ class _Sampler:
     def _check_logits(self, logits, xs: Tensor, top_token: int) -> None:
         """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled step)."""
         R, L = xs.shape
-        if not (isinstance(logits, Tensor)):
+        if not isinstance(logits, Tensor):
             raise TypeError(f"denoiser must return a torch.Tensor, got {type(logits).__name__}")
-        if not (logits.dtype in ops.LOGITS_DTYPES):
+        if logits.dtype not in ops.LOGITS_DTYPES:
             raise TypeError(f"denoiser must return float logits (float64/32, bfloat16, float16), got {logits.dtype}")
         if not (logits.dim() == 3 and logits.shape[0] == R and logits.shape[1] == L):
             raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
         V = logits.shape[2]
         if not (self.vocab_size is None or V == self.vocab_size):
             raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
-        if not (self.mask_id < V):
+        if self.mask_id >= V:
             raise ValueError(f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
-        if not (top_token < V):
+        if top_token >= V:
             raise ValueError(f"x_init holds token id {top_token}, out of range for the denoiser's vocab size V={V}")
-        if not (logits.device == xs.device):
+        if logits.device != xs.device:
             raise ValueError(f"denoiser returned logits on {logits.device}, expected {xs.device}")
 
     def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int):
@@ -235,6 +236,9 @@ class _Sampler:
         while bool((pos < total).any()):
             idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
             live = idx < total.unsqueeze(0)
+            if self.max_rows is not None:  # memory budget: shrink every window to fit max_rows rows
+                fit = max(1, self.max_rows // max(1, int(live[0].sum())))
+                live &= offsets.unsqueeze(1) < fit
             steps = torch.where(live, plan.gather(1, idx.clamp(max=S - 1).T).T, -1)
             w_idx, b_idx = live.nonzero(as_tuple=True)
             rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
@@ -293,6 +297,10 @@ class PITSampler(_Sampler):
     slices whose changed fraction of positions is at most ``tol``. ``mode="fixed"`` runs exactly
     ``max_iters`` iterations per block of ``window`` steps (exact only if ``max_iters >= window``
     or the block converged earlier, which ends it early).
+
+    ``max_rows`` caps the rows of one denoiser call (a memory budget: logits are ``rows x L x V``):
+    each iteration's windows shrink to ``max(1, max_rows // unfinished samples)`` slices. Exactness
+    is unaffected; fewer slices per call means more rounds.
     """
 
     def __init__(
@@ -303,12 +311,13 @@ class PITSampler(_Sampler):
         max_iters: int | None = None,
         tol: float = 0.0,
         mode: str = "exact",
+        max_rows: int | None = None,
         **kwargs,
     ):
         super().__init__(denoiser, **kwargs)
         if not (_is_int(window) and window >= 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
-        if not (mode in ("exact", "fixed")):
+        if mode not in ("exact", "fixed"):
             raise ValueError(f"mode must be 'exact' or 'fixed', got {mode!r}")
         if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
             raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
@@ -316,9 +325,11 @@ class PITSampler(_Sampler):
             if not (_is_int(max_iters) and max_iters >= 1):
                 raise ValueError(f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
         else:
-            if not (max_iters is None):
+            if max_iters is not None:
                 raise ValueError("max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
-        self.window, self.max_iters, self.tol, self.mode = window, max_iters, float(tol), mode
+        if not (max_rows is None or (_is_int(max_rows) and max_rows >= 1)):
+            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        self.window, self.max_iters, self.tol, self.mode, self.max_rows = window, max_iters, float(tol), mode, max_rows
         self.exact = tol == 0.0 and (mode == "exact" or max_iters >= window)
 
     def _accept(self, residual, live, iters_here, length):

@@ -164,3 +164,17 @@ def test_seed_tensor_makes_samples_slot_independent():
     assert torch.equal(full.tokens, again.tokens)
     other = ps.PITSampler(oracle, window=5, **kw).sample(x, seed=seeds + 1)
     assert not torch.equal(full.tokens, other.tokens)
+
+
+@pytest.mark.parametrize("max_rows", [1, 5, 13])
+def test_memory_budget_keeps_exactness(max_rows):
+    oracle = make_oracle("mixture", seed=5, num_tokens=5, length=12)
+    kw = dict(mask_id=oracle.mask_id, num_steps=40)
+    x = _x_init(oracle, 4, True, 2)
+    seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=4)
+    big = ps.PITSampler(oracle, window=16, **kw).sample(x, seed=4)
+    small = ps.PITSampler(oracle, window=16, max_rows=max_rows, **kw).sample(x, seed=4)
+    assert torch.equal(seq.tokens, small.tokens) and torch.equal(seq.tokens, big.tokens)
+    assert small.rounds >= big.rounds
+    # no call evaluated more rows than the budget allows (one slice per sample is the floor)
+    assert all(r.shape == (16, 4) for r in small.residuals)
