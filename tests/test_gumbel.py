@@ -219,7 +219,7 @@ def test_gumbel_matches_float64_to_float32_rounding():
 
 
 def test_gumbel_is_monotone_to_rounding():
-    x, g, _ = _dense()
+    _, g, _ = _dense()
     g = g.to(torch.float64)
     drops = (g[:-1] - g[1:]).clamp(min=0)
     assert float((drops / _ulp32(g[1:].abs().clamp(min=1.0))).max()) <= 4.0
@@ -241,7 +241,7 @@ def test_sweep_token_draw_uses_the_gumbel_stream():
     x0 = torch.full((B, L), mask_id, dtype=torch.int64)
     rows = torch.arange(B).view(1, B)
     with ops.use_backend("reference"):
-        states, counts, residual, invalid = ops.sweep(
+        states, counts, _, invalid = ops.sweep(
             logits, rows, steps, x0, x0.unsqueeze(0), seeds, cdf, rate, mask_id, T, 0
         )
     assert ops.last_backend("sweep") == "reference"
@@ -268,7 +268,15 @@ def test_sweep_jump_decision_uses_the_jump_stream():
         steps = torch.full((1, B), j, dtype=torch.int64)
         with ops.use_backend("reference"):
             states, counts, _, _ = ops.sweep(
-                logits, torch.zeros(1, B, dtype=torch.int64), steps, x0, x0.unsqueeze(0), seeds, thresholds, rate, mask_id
+                logits,
+                torch.zeros(1, B, dtype=torch.int64),
+                steps,
+                x0,
+                x0.unsqueeze(0),
+                seeds,
+                thresholds,
+                rate,
+                mask_id,
             )
         for b in range(B):
             for l in range(L):
@@ -287,7 +295,7 @@ def test_sweep_jump_decision_uses_the_jump_stream():
 @pytest.mark.parametrize("sampler_cls", [pit_sampler.TauLeapingSampler, pit_sampler.PITSampler])
 def test_long_tensor_seed_makes_sample_independent_of_its_slot(sampler_cls):
     oracle = make_oracle("mixture", seed=2, num_tokens=5, length=12)
-    kwargs = dict(mask_id=oracle.mask_id, num_steps=64, rule="reject")
+    kwargs = {"mask_id": oracle.mask_id, "num_steps": 64, "rule": "reject"}
     if sampler_cls is pit_sampler.PITSampler:
         kwargs["window"] = 4
     sampler = sampler_cls(oracle, **kwargs)

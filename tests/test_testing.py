@@ -50,7 +50,7 @@ def brute_joint(oracle) -> tuple[torch.Tensor, torch.Tensor]:
         emit = oracle.B[Z[:, None, :], Y[None, :, :]].prod(-1)  # [S**L, K**L]
         P = (pz[:, None] * emit).sum(0)
     else:
-        raise AssertionError(type(oracle))
+        raise TypeError(f"unknown oracle {type(oracle).__name__}")
     return Y, P
 
 
@@ -104,7 +104,9 @@ def oracles_for_tests():
 
 
 def build(name, K, L, seed, how):
-    return make_oracle(name, seed=seed, num_tokens=K, length=L) if how == "random" else own_params_oracle(name, K, L, seed)
+    return (
+        make_oracle(name, seed=seed, num_tokens=K, length=L) if how == "random" else own_params_oracle(name, K, L, seed)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,9 +225,7 @@ def test_denoiser_output_format(name):
     clean = out[..., : oracle.num_tokens]
     # masked positions: finite log-probabilities that normalise
     assert bool(torch.isfinite(clean[masked]).all())
-    torch.testing.assert_close(
-        torch.logsumexp(clean[masked], -1), torch.zeros(int(masked.sum())), rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(torch.logsumexp(clean[masked], -1), torch.zeros(int(masked.sum())), rtol=0, atol=1e-5)
     # they are the float32 logs of the float64 conditionals
     torch.testing.assert_close(clean, torch.log(oracle.conditionals(x)).to(torch.float32), rtol=0, atol=0)
     # observed positions: 0 on their token, -inf elsewhere

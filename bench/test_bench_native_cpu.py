@@ -1,0 +1,75 @@
+"""CPU benchmark: the C++ sweep (``native``) against the PyTorch reference on the same inputs.
+
+    pytest bench/test_bench_native_cpu.py --benchmark-only --benchmark-group-by=group
+
+One PIT window as the sampler runs it: ``W = 16`` slices, ``B = 4`` samples of ``L = 256`` positions
+(a 32-token prompt), ``V = 32000``, fp32 and bf16 logits, a 1024-step geometric log-linear grid with
+the reject rule and skip-inactive plans (slice ``w`` of sample ``b`` is that sample's ``w``-th step at
+which some position unmasks), so each slice unmasks a few positions and about a hundred logits rows are
+read per sweep. Every slice of sample ``b`` reads logits row ``b`` (``rows[w, b] = b``): the same rows
+are read as with ``W * B`` distinct rows, in ``W`` times less memory. The reference runs one round (it
+takes seconds); the two outputs are checked equal. Not collected by the test run (bench/ is outside
+``testpaths``); no timing assertions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pit_sampler import noise, ops, reference
+from pit_sampler.backends import native
+from pit_sampler.rules import RULES, step_tables
+from pit_sampler.schedules import get_schedule, time_grid
+
+W, B, L, V, N, PROMPT = 16, 4, 256, 32000, 1024, 32
+MASK = V - 1
+RULE = RULES.index("reject")
+
+pytestmark = pytest.mark.skipif(
+    native.unavailable is not None or not native.has_kernel("cpu"),
+    reason="native extension not built (pip install --no-build-isolation -e .)",
+)
+
+
+@pytest.fixture(scope="module")
+def window():
+    """The sweep's arguments except the logits (shared by both dtypes)."""
+    g = torch.Generator().manual_seed(0)
+    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), "reject")
+    seeds = noise.sample_seeds(0, B)
+    x0 = torch.full((B, L), MASK)
+    x0[:, :PROMPT] = torch.randint(0, MASK, (B, PROMPT), generator=g)
+    table = reference.unmask_table(x0, seeds, tables.cdf, MASK, RULE)
+    steps = torch.stack([table[b][table[b] >= 0].unique()[:W] for b in range(B)], 1)  # [W, B] active steps
+    rows = torch.arange(B).expand(W, B).contiguous()
+    prev = x0.expand(W, B, L).clone()
+    return dict(rows=rows, steps=steps, x0=x0, prev=prev, seeds=seeds, cdf=tables.cdf, rate=tables.rate)
+
+
+@pytest.fixture(scope="module")
+def logits32():
+    return torch.randn(B, L, V, generator=torch.Generator().manual_seed(1)) * 2.0
+
+
+def _args(logits, window):
+    return (logits, *window.values(), MASK, 1.0, RULE, False, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_sweep_cpu(benchmark, backend, dtype, window, logits32):
+    args = _args(logits32.to(dtype), window)
+    benchmark.group = f"sweep-cpu-{str(dtype).removeprefix('torch.')}"
+    with ops.use_backend(backend):
+        if backend == "reference":
+            out = benchmark.pedantic(ops.sweep, args=args, rounds=1, iterations=1)
+        else:
+            out = benchmark.pedantic(ops.sweep, args=args, rounds=10, iterations=1, warmup_rounds=1)
+        assert ops.last_backend() == backend
+    drawn = int(((out[0][-1] != MASK) & (window["x0"] == MASK)).sum())
+    benchmark.extra_info["rows_read"] = drawn  # each unmasking position reads its row once
+    assert drawn > 0
+    if backend == "reference":
+        with ops.use_backend("native"):
+            assert all(torch.equal(a, b) for a, b in zip(ops.sweep(*args), out))

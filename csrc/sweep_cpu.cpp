@@ -1,0 +1,403 @@
+// CPU kernel of pit_sampler_native::sweep (semantics: pit_sampler/reference.py, `sweep`).
+//
+// Mean parametrization (the fast path). A masked position's unmask slice depends only on the jump
+// noise, so the window is processed as events:
+//   A. per position (parallel): scan the slices from the position's start, writing the jump counts,
+//      up to the first slice whose count passes the rule (an "event");
+//   B. per event (parallel, one vocabulary row each, so the work is balanced whatever the prompt
+//      layout): check the row and draw the token by Gumbel-max;
+//   a bad row (NaN/+inf, or only -inf, on non-mask tokens) leaves the position masked: it is counted
+//   in `invalid` and the position resumes scanning at the next slice (A and B repeat, rarely).
+//   C. per (slice, sample) row: write the states and the residual against `prev`.
+// Score parametrization: every live masked slice reads its row (lambda depends on it), so slices are
+// processed in order, in parallel over the masked positions of each slice.
+//
+// Token draw: argmax_{v != mask} s_v / T + G(seed, j, l, v), first index on ties, as a running
+// (max, argmax) in float32 over the row, generating Philox per 4 tokens in the loop (no noise tensor).
+// Two exact shortcuts skip work for tokens that cannot beat the running best:
+//   * a 64-token chunk is skipped without any Philox when every score s satisfies s + 23 <= best
+//     (23 bounds every Gumbel variate);
+//   * a token's two logs are skipped when s + gumbel_upper_bound(bits) <= best.
+// Float32 addition is monotone, so a skipped token's s + G could not exceed best: the result is the
+// argmax of the full computation.
+#include <ATen/Dispatch_v2.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "philox.h"
+#include "sampling.h"
+
+// The hot row loops are compiled for AVX2 and for the baseline ISA, picked at load time by the CPU
+// (GCC/Clang function multi-versioning on x86-64 ELF); other platforms build the baseline version.
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
+#define PIT_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PIT_CPU_CLONES
+#endif
+
+namespace pit {
+namespace cpu {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int kGroups = 16;             // Philox counters per chunk
+constexpr int kChunk = 4 * kGroups;     // tokens per chunk (4 output words per counter)
+
+int64_t padded_vocab(int64_t V) { return (V + kChunk - 1) / kChunk * kChunk; }
+
+}  // namespace
+
+// Gumbel-max over s[0, n) (n a multiple of kChunk; entries that must not win hold -inf):
+// argmax_v s[v] + G(k0, k1, j, l, v) with the first index on ties (0 if every entry is -inf).
+PIT_CPU_CLONES int64_t gumbel_argmax(const float* s, int64_t n, uint32_t k0, uint32_t k1, uint32_t l, uint32_t j) {
+  float best = -kInf;
+  int64_t best_v = 0;
+  uint32_t bits[kChunk];
+  for (int64_t v0 = 0; v0 < n; v0 += kChunk) {
+    const float* sc = s + v0;
+    int reachable = 0;
+    for (int t = 0; t < kChunk; ++t) reachable |= sc[t] + kGumbelMax > best;
+    if (!reachable) continue;
+    // Gumbel words of counters (v0 / 4 + i, l, j, 1): token v0 + 4 i + w takes word w. One Philox per
+    // lane, rounds unrolled, so the lane loop vectorizes.
+    const uint32_t g0 = static_cast<uint32_t>(v0 >> 2);
+    for (int i = 0; i < kGroups; ++i) {
+      uint32_t c0 = g0 + static_cast<uint32_t>(i), c1 = l, c2 = j, c3 = kStreamGumbel, key0 = k0, key1 = k1;
+#pragma GCC unroll 10
+      for (int r = 0; r < kPhiloxRounds; ++r) {
+        philox_round(c0, c1, c2, c3, key0, key1);
+        key0 += kPhiloxW0;
+        key1 += kPhiloxW1;
+      }
+      bits[4 * i + 0] = c0;
+      bits[4 * i + 1] = c1;
+      bits[4 * i + 2] = c2;
+      bits[4 * i + 3] = c3;
+    }
+    int candidates = 0;
+    for (int t = 0; t < kChunk; ++t) candidates |= sc[t] + gumbel_upper_bound(bits[t]) > best;
+    if (!candidates) continue;
+    for (int t = 0; t < kChunk; ++t) {
+      if (!(sc[t] + gumbel_upper_bound(bits[t]) > best)) continue;
+      const float value = sc[t] + gumbel_from_bits(bits[t]);
+      if (value > best) {
+        best = value;
+        best_v = v0 + t;
+      }
+    }
+  }
+  return best_v;
+}
+
+namespace {
+
+// Plain argmax over s[0, n), first index on ties (the final fill with argmax_final).
+int64_t first_argmax(const float* s, int64_t n) {
+  float best = -kInf;
+  int64_t best_v = 0;
+  for (int64_t v = 0; v < n; ++v) {
+    if (s[v] > best) {
+      best = s[v];
+      best_v = v;
+    }
+  }
+  return best_v;
+}
+
+// Copies row[0, V) as float32 into buf[0, padded_vocab(V)) with -inf at mask_id and in the padding,
+// divided by the temperature unless it is 1 (x / 1 == x). Returns whether the row is bad: NaN or +inf
+// on a non-mask token, or no non-mask token above -inf (checked on the undivided values).
+template <typename scalar_t>
+bool load_row(const scalar_t* row, int64_t V, int64_t mask_id, float temperature, float* buf) {
+  int nonfinite_hi = 0;  // NaN or +inf seen
+  int above_neg_inf = 0;
+  auto copy = [&](int64_t lo, int64_t hi, auto divide) {
+    for (int64_t v = lo; v < hi; ++v) {
+      const float x = static_cast<float>(row[v]);
+      nonfinite_hi |= !(x < kInf);
+      above_neg_inf |= x > -kInf;
+      buf[v] = divide ? x / temperature : x;
+    }
+  };
+  const auto run = [&](auto divide) {
+    copy(0, mask_id, divide);
+    copy(mask_id + 1, V, divide);
+  };
+  if (temperature == 1.0f) {
+    run(std::false_type{});
+  } else {
+    run(std::true_type{});
+  }
+  buf[mask_id] = -kInf;
+  for (int64_t v = V; v < padded_vocab(V); ++v) buf[v] = -kInf;
+  return nonfinite_hi || !above_neg_inf;
+}
+
+// log-sum-exp of buf[0, V) (mask already -inf) as torch.logsumexp: m + log(sum exp(s - m)), with the
+// sum accumulated in float64; -inf when every entry is -inf.
+float logsumexp(const float* buf, int64_t V) {
+  float m = -kInf;
+  for (int64_t v = 0; v < V; ++v) m = buf[v] > m ? buf[v] : m;
+  if (m == -kInf) return -kInf;
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(buf[v] - m);
+  return static_cast<float>(std::log(sum)) + m;
+}
+
+// Everything one sweep call needs, as raw pointers into contiguous tensors.
+template <typename scalar_t>
+struct Sweep {
+  const scalar_t* logits;  // [R, L, V]
+  const int64_t* rows;     // [W, B]
+  const int64_t* steps;    // [W, B]
+  const int64_t* x0;       // [B, L]
+  const int64_t* seeds;    // [B]
+  const int64_t* cdf;      // [N + 1, K]
+  const float* rate;       // [N + 1]
+  int64_t* states;         // [W, B, L]
+  int32_t* counts;         // [W, B, L]
+  int32_t* invalid;        // [W, B]
+  int64_t W, B, L, V, R, N, K, mask_id, rule;
+  float temperature;
+  bool argmax_final;
+
+  // The global step of slice w for sample b (negative: pass-through; checked <= N up front).
+  int64_t step(int64_t w, int64_t b) const { return steps[w * B + b]; }
+
+  // The logits row of (slice w, sample b, position l), checked against logits' first dimension.
+  const scalar_t* row(int64_t w, int64_t b, int64_t l) const {
+    const int64_t r = rows[w * B + b];
+    TORCH_CHECK(r >= 0 && r < R, "rows[", w, ", ", b, "] = ", r, " is out of range for logits with ", R, " rows");
+    return logits + (r * L + l) * V;
+  }
+
+  // Token of a row already in buf (not bad): Gumbel-max, or plain argmax at the final step N.
+  int64_t draw(const float* buf, int64_t b, int64_t l, int64_t j) const {
+    if (argmax_final && j == N) return first_argmax(buf, V);
+    const int64_t seed = seeds[b];
+    return gumbel_argmax(buf, padded_vocab(V), seed_lo(seed), seed_hi(seed), static_cast<uint32_t>(l),
+                         static_cast<uint32_t>(j));
+  }
+
+  void mean() const;
+  void score() const;
+};
+
+template <typename scalar_t>
+void Sweep<scalar_t>::mean() const {
+  const int64_t P = B * L;
+  std::vector<int64_t> start(P, 0);   // first slice still to scan
+  std::vector<int64_t> event(P, -1);  // slice of the current event, -1 if none
+  std::vector<int64_t> token(P, mask_id);
+  std::vector<int64_t> settled(P, W);  // slice from which the position holds `token`
+  std::vector<int64_t> todo;
+  todo.reserve(P);
+  for (int64_t p = 0; p < P; ++p) {
+    if (x0[p] == mask_id) todo.push_back(p);
+  }
+  std::vector<int64_t> events;
+  std::vector<uint8_t> bad(P, 0);
+  while (!todo.empty()) {
+    // A: scan slices until the first unmask decision.
+    at::parallel_for(0, static_cast<int64_t>(todo.size()), 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t p = todo[i], b = p / L, l = p % L;
+        const uint32_t k0 = seed_lo(seeds[b]), k1 = seed_hi(seeds[b]);
+        event[p] = -1;
+        for (int64_t w = start[p]; w < W; ++w) {
+          const int64_t j = step(w, b);
+          if (j < 0) continue;
+          const int32_t k = mean_count(jump_bits(k0, k1, static_cast<uint32_t>(j), static_cast<uint32_t>(l)),
+                                       cdf + j * K, K);
+          counts[(w * B + b) * L + l] = k;
+          if (unmasks(k, rule)) {
+            event[p] = w;
+            break;
+          }
+        }
+      }
+    });
+    events.clear();
+    for (int64_t p : todo) {
+      if (event[p] >= 0) events.push_back(p);
+    }
+    // B: one row per event.
+    at::parallel_for(0, static_cast<int64_t>(events.size()), 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> buf(padded_vocab(V));
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t p = events[i], b = p / L, l = p % L, w = event[p];
+        bad[p] = load_row(row(w, b, l), V, mask_id, temperature, buf.data());
+        if (!bad[p]) {
+          token[p] = draw(buf.data(), b, l, step(w, b));
+          settled[p] = w;
+        }
+      }
+    });
+    todo.clear();
+    for (int64_t p : events) {
+      if (bad[p]) {
+        invalid[event[p] * B + p / L] += 1;
+        start[p] = event[p] + 1;
+        todo.push_back(p);
+      }
+    }
+  }
+  // C: states[w, b, l] = x0 before the settling slice, the drawn token from it on.
+  at::parallel_for(0, W * B, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t wb = lo; wb < hi; ++wb) {
+      const int64_t w = wb / B, b = wb % B;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t p = b * L + l;
+        states[wb * L + l] = w >= settled[p] ? token[p] : x0[p];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void Sweep<scalar_t>::score() const {
+  const int64_t P = B * L;
+  std::vector<int64_t> cur(x0, x0 + P);
+  std::vector<int64_t> live;
+  live.reserve(P);
+  std::vector<int64_t> next(P);
+  std::vector<uint8_t> bad(P, 0);
+  for (int64_t w = 0; w < W; ++w) {
+    live.clear();
+    for (int64_t p = 0; p < P; ++p) {
+      if (cur[p] == mask_id && step(w, p / L) >= 0) live.push_back(p);
+    }
+    at::parallel_for(0, static_cast<int64_t>(live.size()), 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> buf(padded_vocab(V));
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t p = live[i], b = p / L, l = p % L, j = step(w, b);
+        next[p] = mask_id;
+        bad[p] = load_row(row(w, b, l), V, mask_id, 1.0f, buf.data());
+        int32_t k = 0;
+        if (!bad[p]) {
+          if (j == N) {
+            k = 1;
+          } else {
+            const float lambda = rate[j] * std::exp(logsumexp(buf.data(), V));
+            const uint32_t bits = jump_bits(seed_lo(seeds[b]), seed_hi(seeds[b]), static_cast<uint32_t>(j),
+                                            static_cast<uint32_t>(l));
+            k = score_count(bits, lambda, rule);
+          }
+        }
+        counts[(w * B + b) * L + l] = k;
+        if (!bad[p] && unmasks(k, rule)) {
+          if (temperature != 1.0f) {
+            for (int64_t v = 0; v < V; ++v) buf[v] = buf[v] / temperature;
+          }
+          next[p] = draw(buf.data(), b, l, j);
+        }
+      }
+    });
+    for (int64_t p : live) {
+      invalid[w * B + p / L] += bad[p];
+      cur[p] = next[p];
+    }
+    std::copy(cur.begin(), cur.end(), states + w * P);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tensor& logits, const at::Tensor& rows,
+                                                                const at::Tensor& steps, const at::Tensor& x0,
+                                                                const at::Tensor& prev, const at::Tensor& seeds,
+                                                                const at::Tensor& cdf, const at::Tensor& rate,
+                                                                int64_t mask_id, double temperature, int64_t rule,
+                                                                bool score, bool argmax_final) {
+  TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
+  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
+                  logits.scalar_type() == at::kHalf,
+              "logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
+  TORCH_CHECK(x0.dim() == 2 && x0.scalar_type() == at::kLong, "x0 must be int64 [B, L]");
+  TORCH_CHECK(steps.dim() == 2 && steps.scalar_type() == at::kLong, "steps must be int64 [W, B]");
+  const int64_t W = steps.size(0), B = x0.size(0), L = x0.size(1), V = logits.size(2);
+  TORCH_CHECK(steps.size(1) == B, "steps must be [W, ", B, "], got ", steps.sizes());
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.sizes() == steps.sizes(), "rows must be int64 [", W, ", ", B, "]");
+  TORCH_CHECK(prev.scalar_type() == at::kLong && prev.dim() == 3 && prev.size(0) == W && prev.size(1) == B &&
+                  prev.size(2) == L,
+              "prev must be int64 [", W, ", ", B, ", ", L, "]");
+  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 && seeds.size(0) == B, "seeds must be int64 [", B, "]");
+  TORCH_CHECK(cdf.scalar_type() == at::kLong && cdf.dim() == 2 && cdf.size(0) >= 1 && cdf.size(1) >= 1,
+              "cdf must be int64 [N + 1, K]");
+  TORCH_CHECK(rate.scalar_type() == at::kFloat && rate.dim() == 1 && rate.size(0) == cdf.size(0),
+              "rate must be float32 [", cdf.size(0), "]");
+  TORCH_CHECK(logits.size(1) == L, "logits must be [R, ", L, ", V], got ", logits.sizes());
+  TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
+  TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);
+  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(L <= std::numeric_limits<uint32_t>::max(), "L must fit the 32-bit Philox counter");
+
+  const at::Tensor logits_c = logits.contiguous(), rows_c = rows.contiguous(), steps_c = steps.contiguous(),
+                   x0_c = x0.contiguous(), prev_c = prev.contiguous(), seeds_c = seeds.contiguous(),
+                   cdf_c = cdf.contiguous(), rate_c = rate.contiguous();
+  const int64_t N = cdf.size(0) - 1;
+  const int64_t* step_ptr = steps_c.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < W * B; ++i) {
+    TORCH_CHECK(step_ptr[i] <= N, "steps[", i / B, ", ", i % B, "] = ", step_ptr[i], " exceeds the last step N = ", N,
+                " of cdf");
+  }
+  const auto long_opts = x0.options().dtype(at::kLong);
+  at::Tensor states = at::empty({W, B, L}, long_opts);
+  at::Tensor counts = at::zeros({W, B, L}, long_opts.dtype(at::kInt));
+  at::Tensor invalid = at::zeros({W, B}, long_opts.dtype(at::kInt));
+  at::Tensor residual = at::empty({W, B}, long_opts.dtype(at::kInt));
+  AT_DISPATCH_V2(logits.scalar_type(), "pit_sampler_native::sweep", AT_WRAP([&] {
+    const Sweep<scalar_t> s{logits_c.const_data_ptr<scalar_t>(),
+                            rows_c.const_data_ptr<int64_t>(),
+                            step_ptr,
+                            x0_c.const_data_ptr<int64_t>(),
+                            seeds_c.const_data_ptr<int64_t>(),
+                            cdf_c.const_data_ptr<int64_t>(),
+                            rate_c.const_data_ptr<float>(),
+                            states.data_ptr<int64_t>(),
+                            counts.data_ptr<int32_t>(),
+                            invalid.data_ptr<int32_t>(),
+                            W,
+                            B,
+                            L,
+                            V,
+                            logits.size(0),
+                            N,
+                            cdf.size(1),
+                            mask_id,
+                            rule,
+                            static_cast<float>(temperature),
+                            argmax_final};
+    if (score) {
+      s.score();
+    } else {
+      s.mean();
+    }
+  }), at::kFloat, at::kBFloat16, at::kHalf);
+  // residual[w, b] = #{l : states[w, b, l] != prev[w, b, l]}
+  const int64_t* st = states.const_data_ptr<int64_t>();
+  const int64_t* pv = prev_c.const_data_ptr<int64_t>();
+  int32_t* res = residual.data_ptr<int32_t>();
+  at::parallel_for(0, W * B, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t wb = lo; wb < hi; ++wb) {
+      int32_t changed = 0;
+      for (int64_t l = 0; l < L; ++l) changed += st[wb * L + l] != pv[wb * L + l];
+      res[wb] = changed;
+    }
+  });
+  return {states, counts, residual, invalid};
+}
+
+}  // namespace cpu
+}  // namespace pit
+
+TORCH_LIBRARY_IMPL(pit_sampler_native, CPU, m) { m.impl("sweep", &pit::cpu::sweep); }

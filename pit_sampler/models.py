@@ -1,0 +1,267 @@
+"""A compact masked-diffusion transformer (MDLM / RADD style), its training loss, and weight I/O.
+
+The model reads a partly masked sequence ``x_t`` (``[N, L]`` token ids, ``mask_id`` where masked)
+and returns logits of ``p_theta(x_0^l | x_t)`` for every position ``l``: the denoiser protocol of
+docs/sampler-spec.md section 5, so a model is a denoiser as it stands (``sampler = PITSampler(model, ...)``).
+
+* **Time-agnostic** (RADD; ``time_conditioned=False``): the output ignores ``t``. For absorbing
+  diffusion the clean-data conditional ``p(x_0 | x_t)`` does not depend on ``t`` given which
+  positions are masked, so nothing is lost in principle.
+* **Time-conditioned** (MDLM; ``time_conditioned=True``): ``t`` enters through a sinusoidal
+  embedding and per-block adaptive layer norm (DiT's adaLN: ``LN(h) * (1 + scale(t)) + shift(t)``,
+  zero-initialised so training starts from the time-agnostic network). Each row of a batch may
+  have its own ``t`` (the PIT sampler evaluates every sample at its own step time).
+
+Outputs obey the absorbing process exactly: the mask column is ``-inf`` (``x_0`` is never the
+mask), and a clean position carries its token over (MDLM's "carry-over unmasking": logit ``0`` on
+the observed token, ``-inf`` elsewhere).
+
+**Batch invariance.** PIT reproduces the sequential sample bit for bit only if a row's logits do
+not depend on the other rows in the batch. A float32 network on CPU can break this (BLAS picks
+blockings by matrix shape, and rounding then depends on the batch size). Every operation here is
+row-local (attention only mixes positions within a row; no batch statistics), and for sampling the
+parameters are kept in float64 (:func:`load_model` does this by default) while the logits are
+returned in float32: run-to-run, shape-dependent rounding differences of a float64 evaluation
+(relative size ~1e-16) sit nine orders of magnitude below float32 resolution, so the float32
+logits a sampler sees are, in practice, a function of the row alone. tests/test_models.py checks
+this on the shipped weights (a row alone and inside batches of other sizes gives identical logits).
+
+**Training loss** (:func:`masked_diffusion_loss`): the continuous-time NELBO of MDLM/RADD,
+``E_t [ -alpha'(t) / (1 - alpha(t)) * sum_{l masked in x_t} -log p_theta(x_0^l | x_t) ] / L``,
+which for the log-linear schedule ``alpha(t) = 1 - (1 - eps) t`` is cross-entropy on the masked
+positions weighted by ``1 / t``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_FORMAT = "pit-sampler/masked-diffusion-transformer/1"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
+    """Sinusoidal features of ``t in [0, 1]``: ``[cos(1000 t w_k), sin(1000 t w_k)]`` with
+    ``w_k = max_period^(-k / (dim/2))`` (the DDPM/DiT embedding of ``1000 t``). ``[N] -> [N, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    angles = 1000.0 * t[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with full (bidirectional) self-attention and a GELU MLP:
+    ``h += Attn(mod1(LN(h)))``; ``h += MLP(mod2(LN(h)))``, where ``mod(u) = u * (1 + scale) + shift``
+    with ``(shift, scale)`` from the time embedding (identity for the time-agnostic model)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, time_conditioned: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.mod = nn.Linear(d_model, 4 * d_model) if time_conditioned else None
+        if self.mod is not None:
+            nn.init.zeros_(self.mod.weight)
+            nn.init.zeros_(self.mod.bias)
+
+    def forward(self, h: Tensor, c: Tensor | None) -> Tensor:
+        N, L, D = h.shape
+        u = self.ln1(h)
+        if self.mod is not None:
+            shift1, scale1, shift2, scale2 = self.mod(c)[:, None, :].chunk(4, dim=-1)
+            u = u * (1 + scale1) + shift1
+        q, k, v = self.qkv(u).view(N, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        p_drop = self.drop.p if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop).transpose(1, 2).reshape(N, L, D)
+        h = h + self.drop(self.proj(a))
+        w = self.ln2(h)
+        if self.mod is not None:
+            w = w * (1 + scale2) + shift2
+        return h + self.drop(self.fc2(F.gelu(self.fc1(w))))
+
+
+class MaskedDiffusionTransformer(nn.Module):
+    """Bidirectional transformer denoiser ``(x [N, L] int, t [N] float) -> float32 logits [N, L, V]``.
+
+    ``vocab_size`` V counts the mask token; ``mask_id`` defaults to ``V - 1``. Learned token and
+    position embeddings, ``n_layers`` :class:`Block`s, final layer norm and a linear head. The
+    computation runs in the parameters' dtype (float32 to train, float64 to sample exactly: see the
+    module docstring); the logits always come back as float32.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        length: int,
+        *,
+        mask_id: int | None = None,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 4,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        time_conditioned: bool = False,
+    ):
+        super().__init__()
+        mask_id = vocab_size - 1 if mask_id is None else mask_id
+        if not (_is_int(vocab_size) and vocab_size >= 2):
+            raise ValueError(f"vocab_size must be an int >= 2 (clean tokens plus the mask), got {vocab_size!r}")
+        if not (_is_int(mask_id) and 0 <= mask_id < vocab_size):
+            raise ValueError(f"mask_id must be an int in [0, vocab_size={vocab_size}), got {mask_id!r}")
+        if not (_is_int(length) and length >= 1):
+            raise ValueError(f"length must be an int >= 1, got {length!r}")
+        if not (_is_int(n_heads) and n_heads >= 1 and _is_int(d_model) and d_model % (2 * n_heads) == 0):
+            raise ValueError(f"d_model must be a multiple of 2 * n_heads, got d_model={d_model!r}, n_heads={n_heads!r}")
+        if not (_is_int(n_layers) and n_layers >= 1):
+            raise ValueError(f"n_layers must be an int >= 1, got {n_layers!r}")
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        if not (0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        self.config = dict(
+            vocab_size=vocab_size,
+            length=length,
+            mask_id=mask_id,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_layers=n_layers,
+            d_ff=d_ff,
+            dropout=dropout,
+            time_conditioned=bool(time_conditioned),
+        )
+        self.vocab_size, self.length, self.mask_id = vocab_size, length, mask_id
+        self.time_conditioned = bool(time_conditioned)
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Parameter(torch.randn(length, d_model) * 0.02)
+        self.time_mlp = (
+            nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+            if time_conditioned
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, dropout, time_conditioned) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        nn.init.normal_(self.tok.weight, std=0.02)
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """Logits of ``p(x_0 | x_t)``: float32 ``[N, L, V]``, mask column ``-inf``, clean positions carried over."""
+        if not (isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool):
+            raise TypeError(f"x must be an integer tensor [N, L], got {getattr(x, 'dtype', type(x).__name__)} "
+                            f"of shape {tuple(getattr(x, 'shape', ()))}")
+        if not (x.shape[1] == self.length):
+            raise ValueError(f"x has {x.shape[1]} positions, the model was built for length={self.length}")
+        if x.numel() and not (0 <= int(x.min()) and int(x.max()) < self.vocab_size):
+            raise ValueError(f"x holds token ids outside [0, vocab_size={self.vocab_size})")
+        x = x.long()
+        dtype = self.head.weight.dtype
+        h = self.tok(x) + self.pos
+        c = None
+        if self.time_mlp is not None:
+            if not (isinstance(t, Tensor) and t.shape == (x.shape[0],)):
+                raise ValueError(f"the time-conditioned model needs t of shape [{x.shape[0]}], got "
+                                 f"{None if t is None else tuple(getattr(t, 'shape', ()))}")
+            c = F.silu(self.time_mlp(timestep_embedding(t.to(device=x.device, dtype=dtype), h.shape[-1])))
+        for block in self.blocks:
+            h = block(h, c)
+        logits = self.head(self.ln_f(h))
+        logits[..., self.mask_id] = -math.inf
+        clean = x != self.mask_id
+        carry = torch.full_like(logits, -math.inf).scatter_(-1, x.unsqueeze(-1), 0.0)
+        return torch.where(clean.unsqueeze(-1), carry, logits).float()
+
+
+def masked_diffusion_loss(
+    model: MaskedDiffusionTransformer,
+    x0: Tensor,
+    generator: torch.Generator | None = None,
+    eps: float = 1e-3,
+    t_floor: float = 1e-3,
+) -> Tensor:
+    """MDLM/RADD continuous-time NELBO per position (nats), a Monte-Carlo estimate over one batch.
+
+    With the log-linear schedule ``alpha(t) = 1 - (1 - eps) t``: draw ``t`` (stratified over the
+    batch, ``t = t_floor + (1 - t_floor) (u + i) / B`` for a shared ``u ~ U[0, 1)``: MDLM's
+    low-discrepancy sampler), mask each position independently with probability
+    ``1 - alpha(t) = (1 - eps) t``, and return the batch mean of
+    ``(-alpha'(t) / (1 - alpha(t))) * sum_{masked l} -log p(x_0^l | x_t) / L = (1 / t) * CE_masked / L``.
+    ``t_floor`` keeps the ``1 / t`` weight finite; it drops the part of the bound with ``t < t_floor``.
+    """
+    N, L = x0.shape
+    u = torch.rand((), generator=generator, device=x0.device, dtype=torch.float64)
+    t = t_floor + (1 - t_floor) * ((u + torch.arange(N, device=x0.device, dtype=torch.float64)) / N)
+    t = t[torch.randperm(N, generator=generator, device=x0.device)]
+    p_mask = (1 - eps) * t
+    masked = torch.rand((N, L), generator=generator, device=x0.device, dtype=torch.float64) < p_mask[:, None]
+    xt = torch.where(masked, model.mask_id, x0)
+    logits = model(xt, t.to(torch.float32))
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # [N, L]; finite: x0 is never the mask
+    ce = torch.where(masked, ce, 0.0)
+    weight = (1 - eps) / p_mask  # -alpha'(t) / (1 - alpha(t)) = 1 / t
+    return (weight.to(ce.dtype) * ce.sum(1) / L).mean()
+
+
+def save_model(model: MaskedDiffusionTransformer, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write the parameters (float32) and the constructor config (JSON in the safetensors metadata)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": _FORMAT, "config": json.dumps(model.config)}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_model(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+) -> MaskedDiffusionTransformer:
+    """Rebuild a :class:`MaskedDiffusionTransformer` saved by :func:`save_model`, in eval mode.
+
+    ``dtype=torch.float64`` (default) is the batch-invariant evaluation that makes PIT exact; the
+    logits are float32 either way.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a pit-sampler masked-diffusion transformer (format={meta.get('format')!r})")
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model = MaskedDiffusionTransformer(**json.loads(meta["config"]))
+    model.load_state_dict(state)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def weights_metadata(path: str | os.PathLike) -> dict:
+    """The metadata strings stored with a weights file (config, training command, final loss, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+PRETRAINED = {"digits": "digits.safetensors", "digits-time": "digits_time.safetensors"}
+
+
+def load_pretrained(name: str = "digits", dtype: torch.dtype = torch.float64) -> MaskedDiffusionTransformer:
+    """A shipped model: ``"digits"`` (time-agnostic) or ``"digits-time"`` (time-conditioned), trained
+    by ``python -m pit_sampler.train_digits`` on the scikit-learn 8x8 digits (see docs/digits.md)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose one of {sorted(PRETRAINED)}")
+    return load_model(WEIGHTS_DIR / PRETRAINED[name], dtype=dtype)

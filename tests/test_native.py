@@ -1,0 +1,352 @@
+"""The native backend (csrc/: C++ CPU kernels, CUDA C++ kernels) against the PyTorch reference.
+
+Integers (tokens, jump counts, residuals, invalid rows) must be equal; the kernels' float32 noise
+transforms follow the reference operation by operation, so on these random inputs tokens are equal too.
+The CUDA sources are compiled (not run) whenever nvcc is present; GPU runs are marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pit_sampler as ps
+from pit_sampler import noise, ops, reference
+from pit_sampler.backends import native
+from pit_sampler.rules import RULES, step_tables
+from pit_sampler.schedules import get_schedule, time_grid
+from pit_sampler.testing import make_oracle
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+needs_native = pytest.mark.skipif(
+    native.unavailable is not None or not native.has_kernel("cpu"),
+    reason=f"native extension not built ({native.unavailable or 'the build failed, see the log'}); "
+    "install with `pip install --no-build-isolation -e .`",
+)
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and native.unavailable is None and native.has_kernel("cuda")),
+    reason="needs a GPU and a CUDA build of the native extension",
+)
+
+
+def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, bad=0.0, final=0.2, dtype=torch.float32):
+    """Random sweep arguments: logits of every row, prompts, pass-through slices, the final step N."""
+    g = torch.Generator().manual_seed(seed)
+    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), rule)
+    R = W * B + 1  # one spare row nobody reads
+    logits = torch.randn(R, L, V, generator=g) * 3.0
+    if bad:
+        rows_bad = torch.rand(R, L, generator=g) < bad
+        kind = torch.randint(0, 3, (R, L), generator=g)
+        col = torch.randint(0, V, (R, L), generator=g)
+        r, l = rows_bad.nonzero(as_tuple=True)
+        for i in range(len(r)):
+            k = int(kind[r[i], l[i]])
+            if k == 0:
+                logits[r[i], l[i], col[r[i], l[i]]] = float("nan")
+            elif k == 1:
+                logits[r[i], l[i], col[r[i], l[i]]] = float("inf")
+            else:
+                logits[r[i], l[i]] = float("-inf")
+    logits[:, :, mask_id] = torch.where(torch.rand(R, L, generator=g) < 0.5, float("nan"), 7.0)  # never read
+    rows = torch.randperm(R, generator=g)[: W * B].view(W, B)
+    steps = torch.randint(0, N, (W, B), generator=g).sort(0).values
+    steps = torch.where(torch.rand(W, B, generator=g) < final, N, steps)
+    steps = torch.where(torch.rand(W, B, generator=g) < passthrough, -1, steps)
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    x0 = torch.where(torch.rand(B, L, generator=g) < prompt, x0, mask_id)
+    prev = torch.where(
+        torch.rand(W, B, L, generator=g) < 0.5, x0.expand(W, B, L), torch.randint(0, V, (W, B, L), generator=g)
+    )
+    seeds = noise.sample_seeds(seed, B)
+    return dict(
+        logits=logits.to(dtype),
+        rows=rows,
+        steps=steps,
+        x0=x0,
+        prev=prev,
+        seeds=seeds,
+        cdf=tables.cdf,
+        rate=tables.rate,
+        mask_id=mask_id,
+    )
+
+
+def _args(case, temperature, rule, score, argmax_final):
+    return (*case.values(), temperature, RULES.index(rule), score, argmax_final)
+
+
+def _assert_same(got, want, what):
+    names = ("states", "counts", "residual", "invalid")
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, (what, name)
+        assert torch.equal(a.cpu(), b.cpu()), (what, name, (a.cpu() != b.cpu()).nonzero()[:5].tolist())
+
+
+SHAPES = [  # (W, B, L, V, N)
+    (1, 1, 1, 2, 1),
+    (1, 3, 17, 37, 9),
+    (5, 2, 9, 131, 12),
+    (7, 1, 33, 64, 30),
+    (4, 4, 5, 1001, 6),
+]
+
+
+@needs_native
+def test_schemas_match_the_python_ops():
+    for op in ("sweep", "unmask_table"):
+        public = getattr(torch.ops.pit_sampler, op).default._schema
+        kernel = getattr(torch.ops.pit_sampler_native, op).default._schema
+        assert [(a.name, str(a.type)) for a in kernel.arguments] == [(a.name, str(a.type)) for a in public.arguments]
+        assert [str(r.type) for r in kernel.returns] == [str(r.type) for r in public.returns]
+        assert str(kernel).replace("pit_sampler_native::", "pit_sampler::") == str(public)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+@pytest.mark.parametrize("rule", RULES)
+def test_sweep_equals_reference(rule, score, dtype):
+    for i, (W, B, L, V, N) in enumerate(SHAPES):
+        mask_id = (0, V // 2, V - 1)[i % 3]
+        case = _case(100 * i + len(rule), W=W, B=B, L=L, V=V, N=N, rule=rule, mask_id=mask_id, dtype=dtype)
+        for temperature, argmax_final in ((1.0, False), (0.7, True)):
+            args = _args(case, temperature, rule, score, argmax_final)
+            _assert_same(
+                torch.ops.pit_sampler_native.sweep(*args), reference.sweep(*args), (W, B, L, V, N, temperature)
+            )
+
+
+@needs_native
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+def test_bad_rows_are_counted_and_stay_masked(score):
+    case = _case(7, W=6, B=3, L=40, V=29, N=8, rule="first", mask_id=5, prompt=0.1, bad=0.3, final=0.4)
+    case["logits"] = case["logits"].transpose(1, 2).contiguous().transpose(1, 2)  # strided input
+    args = _args(case, 1.0, "first", score, False)
+    got = torch.ops.pit_sampler_native.sweep(*args)
+    _assert_same(got, reference.sweep(*args), "bad rows")
+    assert got[3].sum() > 0
+    assert int(got[0].max()) < 29 and int(got[0].min()) >= 0
+
+
+@needs_native
+def test_large_vocab_uses_every_philox_word():
+    """V = 32000 rows (the shortcuts skip most tokens), fp32 and bf16, against the reference."""
+    for dtype in (torch.float32, torch.bfloat16):
+        case = _case(
+            3,
+            W=2,
+            B=2,
+            L=3,
+            V=32003,
+            N=3,
+            rule="first",
+            mask_id=17,
+            prompt=0.0,
+            passthrough=0.0,
+            final=0.5,
+            dtype=dtype,
+        )
+        args = _args(case, 1.0, "first", False, False)
+        _assert_same(torch.ops.pit_sampler_native.sweep(*args), reference.sweep(*args), dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("rule", RULES)
+def test_unmask_table_equals_reference(rule):
+    for seed, (B, L, N) in enumerate([(1, 1, 1), (3, 29, 17), (2, 100, 257)]):
+        g = torch.Generator().manual_seed(seed)
+        cdf = step_tables(get_schedule("cosine"), time_grid(N, "uniform"), rule).cdf
+        x = torch.where(torch.rand(B, L, generator=g) < 0.7, 4, torch.randint(0, 9, (B, L), generator=g))
+        seeds = torch.randint(-(2**62), 2**62, (B,), generator=g)
+        got = torch.ops.pit_sampler_native.unmask_table(x, seeds, cdf, 4, RULES.index(rule))
+        assert torch.equal(got, reference.unmask_table(x, seeds, cdf, 4, RULES.index(rule)))
+
+
+@needs_native
+def test_the_ops_pick_native_on_cpu_and_can_be_forced():
+    case = _case(1, W=2, B=2, L=6, V=11, N=4, rule="reject", mask_id=10)
+    args = _args(case, 1.0, "reject", False, False)
+    with ops.use_backend("auto"):
+        ops.sweep(*args)
+        assert ops.last_backend() == "native"
+    with ops.use_backend("reference"):
+        ops.sweep(*args)
+        assert ops.last_backend() == "reference"
+    assert "native" in ops.available_backends("cpu")
+
+
+@needs_native
+def test_data_errors_name_the_argument():
+    case = _case(2, W=2, B=2, L=6, V=11, N=4, rule="first", mask_id=10, prompt=0.0, passthrough=0.0, final=1.0)
+    steps = case["steps"].clone()
+    steps[1, 0] = 99
+    with pytest.raises(RuntimeError, match="steps"):
+        torch.ops.pit_sampler_native.sweep(*_args({**case, "steps": steps}, 1.0, "first", False, False))
+    rows = case["rows"].clone()
+    rows[0, 1] = 1000
+    with pytest.raises(RuntimeError, match="rows"):
+        torch.ops.pit_sampler_native.sweep(*_args({**case, "rows": rows}, 1.0, "first", False, False))
+    with pytest.raises(RuntimeError, match="logits"):
+        torch.ops.pit_sampler_native.sweep(
+            *_args({**case, "logits": case["logits"].double()}, 1.0, "first", False, False)
+        )
+
+
+def _sampler_kwargs(oracle, rule, parametrization="mean"):
+    return dict(mask_id=oracle.mask_id, num_steps=20, rule=rule, parametrization=parametrization)
+
+
+@needs_native
+@pytest.mark.parametrize("rule", RULES)
+def test_pit_equals_tau_leaping_through_native(rule):
+    oracle = make_oracle("hmm", seed=5, num_tokens=6, length=12)
+    x = torch.full((3, oracle.length), oracle.mask_id)
+    x[1, :4] = torch.tensor([0, 1, 2, 3])  # a prompt
+    with ops.use_backend("native"):
+        seq = ps.TauLeapingSampler(oracle, **_sampler_kwargs(oracle, rule)).sample(x, seed=11)
+        assert ops.last_backend() == "native" and ops.last_backend("unmask_table") == "native"
+        for window in (1, 4, 25):
+            pit = ps.PITSampler(oracle, window=window, **_sampler_kwargs(oracle, rule)).sample(x, seed=11)
+            assert torch.equal(pit.tokens, seq.tokens), window
+        again = ps.PITSampler(oracle, window=4, **_sampler_kwargs(oracle, rule)).sample(x, seed=11)
+        assert torch.equal(again.tokens, seq.tokens)
+    with ops.use_backend("reference"):
+        ref = ps.TauLeapingSampler(oracle, **_sampler_kwargs(oracle, rule)).sample(x, seed=11)
+    assert torch.equal(ref.tokens, seq.tokens)
+    assert torch.equal(seq.tokens[1, :4], x[1, :4])
+
+
+@needs_native
+def test_score_parametrization_through_native():
+    oracle = make_oracle("mixture", seed=2, num_tokens=5, length=9)
+    kw = _sampler_kwargs(oracle, "first", "score")
+    x = torch.full((2, oracle.length), oracle.mask_id)
+    with ops.use_backend("native"):
+        seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=4)
+        pit = ps.PITSampler(oracle, window=6, **kw).sample(x, seed=4)
+    with ops.use_backend("reference"):
+        ref = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=4)
+    assert torch.equal(seq.tokens, pit.tokens) and torch.equal(seq.tokens, ref.tokens)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_logits_raise_through_the_sampler(dtype):
+    oracle = make_oracle("independent", seed=0, num_tokens=7, length=5)
+
+    def broken(x, t):
+        logits = oracle(x, t)
+        logits[:, 2, 3] = float("nan")  # position 2 is drawn at some step (at the latest, the final fill)
+        return logits.to(dtype)
+
+    with ops.use_backend("native"), pytest.raises(ValueError, match="NaN"):
+        ps.PITSampler(broken, mask_id=oracle.mask_id, num_steps=10, window=3).sample(
+            torch.full((2, oracle.length), oracle.mask_id), seed=0
+        )
+
+
+# --- build configuration and the CUDA sources -----------------------------------------------------------
+
+
+def test_build_modes(monkeypatch):
+    build = runpy.run_path(str(CSRC / "native_build.py"))
+    monkeypatch.setenv("PIT_SAMPLER_BUILD", "CPU")
+    assert build["mode"]() == "cpu" and build["with_cuda"]("cpu") is False
+    monkeypatch.setenv("PIT_SAMPLER_BUILD", "fast")
+    with pytest.raises(ValueError, match="PIT_SAMPLER_BUILD"):
+        build["mode"]()
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        assert build["with_cuda"]("auto") is False  # nvcc alone never selects CUDA
+        with pytest.raises(RuntimeError, match="PIT_SAMPLER_BUILD=cuda"):
+            build["with_cuda"]("cuda")
+    assert all(Path(s).is_file() for s in build["sources"](True))
+
+
+def _nvcc() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    found = shutil.which("nvcc")
+    if found is None and CUDA_HOME and (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        found = str(Path(CUDA_HOME) / "bin" / "nvcc")
+    return found
+
+
+def test_cuda_kernels_compile(tmp_path):
+    """nvcc -c of the CUDA kernels: a syntax and template check (nothing runs). Needs only the toolkit."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH to compile-check csrc/sweep_cuda.cu)")
+    cmd = [
+        nvcc,
+        "-c",
+        str(CSRC / "sweep_cuda.cu"),
+        "-o",
+        str(tmp_path / "sweep_cuda.o"),
+        "-std=c++17",
+        "-O1",
+        "--fmad=false",
+        "-arch=sm_80",
+        "-Werror",
+        "all-warnings",
+    ]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cuda_binding_compiles(tmp_path):
+    """ops_cuda.cpp compiled as host C++ by nvcc (which adds the toolkit's headers) against torch's headers.
+    CPU wheels of torch ship c10/cuda but not its generated c10/cuda/impl/cuda_cmake_macros.h: stubbed here."""
+    nvcc = _nvcc()
+    if nvcc is None or sys.platform == "win32":
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH to compile-check csrc/ops_cuda.cpp)")
+    from torch.utils.cpp_extension import include_paths
+
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    cmd = [
+        nvcc,
+        "-c",
+        "-x",
+        "c++",
+        "-std=c++20",
+        str(CSRC / "ops_cuda.cpp"),
+        "-o",
+        str(tmp_path / "ops_cuda.o"),
+        f"-I{tmp_path}",
+    ] + [f"-I{p}" for p in include_paths()]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+@pytest.mark.parametrize("rule", RULES)
+def test_cuda_sweep_equals_reference(rule, score, dtype):
+    for i, (W, B, L, V, N) in enumerate(SHAPES + [(3, 2, 4, 32003, 3)]):
+        mask_id = (0, V // 2, V - 1)[i % 3]
+        case = _case(100 * i + len(rule), W=W, B=B, L=L, V=V, N=N, rule=rule, mask_id=mask_id, dtype=dtype, bad=0.05)
+        for temperature, argmax_final in ((1.0, False), (0.7, True)):
+            args = _args(case, temperature, rule, score, argmax_final)
+            cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+            _assert_same(torch.ops.pit_sampler_native.sweep(*cuda_args), reference.sweep(*args), (W, B, L, V, N))
+        x = case["x0"]
+        table = torch.ops.pit_sampler_native.unmask_table(
+            x.cuda(), case["seeds"].cuda(), case["cdf"].cuda(), mask_id, RULES.index(rule)
+        )
+        assert torch.equal(
+            table.cpu(), reference.unmask_table(x, case["seeds"], case["cdf"], mask_id, RULES.index(rule))
+        )

@@ -1,0 +1,253 @@
+"""The Triton kernels equal the reference ops (the oracle), integer for integer.
+
+Without a GPU they run in Triton's interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``),
+so sizes stay small; with a GPU the same tests run the compiled kernels on CUDA tensors. Every case
+draws fresh random logits (never zeros) and compares ``states``, ``counts``, ``residual`` and
+``invalid`` with :func:`pit_sampler.reference.sweep`, and the unmask table with
+:func:`pit_sampler.reference.unmask_table`.
+"""
+import pytest
+import torch
+
+import pit_sampler as ps
+from pit_sampler import noise, ops, reference
+from pit_sampler.rules import RULES, step_tables
+from pit_sampler.schedules import get_schedule, time_grid
+from pit_sampler.testing import make_oracle
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = [
+    pytest.mark.skipif("triton" not in ops.available_backends(DEVICE), reason="Triton backend unavailable here"),
+    # the interpreter evaluates -inf - -inf in masked lanes whose result is discarded
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+if "triton" in ops.available_backends(DEVICE):
+    import triton
+    import triton.language as tl
+
+    from pit_sampler.triton_kernels import philox
+    from pit_sampler.triton_kernels import sweep as triton_sweep
+    from pit_sampler.triton_kernels import table as triton_table
+
+    @triton.jit
+    def _noise_kernel(seeds_ptr, jump_ptr, gumbel_ptr, g_ptr, step, L, V, BLOCK_L: tl.constexpr, GROUPS: tl.constexpr):
+        """Jump words ``[B, BLOCK_L]`` and Gumbel words/values ``[B, L, 4 GROUPS]`` of the noise helpers."""
+        b = tl.program_id(0)
+        k0, k1 = philox.seed_key(tl.load(seeds_ptr + b))
+        offs = tl.arange(0, BLOCK_L)
+        tl.store(jump_ptr + b * BLOCK_L + offs, philox.jump_bits(k0, k1, step, offs).to(tl.int64))
+        grp = tl.arange(0, GROUPS)
+        lane = tl.arange(0, 4)[None, :]
+        v = grp[:, None] * 4 + lane
+        for pos in range(L):
+            w0, w1, w2, w3 = philox.gumbel_words(k0, k1, step, pos, grp)
+            bits = tl.where(lane == 0, w0[:, None], tl.where(lane == 1, w1[:, None], tl.where(lane == 2, w2[:, None], w3[:, None])))
+            out = (b * L + pos) * V + v
+            tl.store(gumbel_ptr + out, bits.to(tl.int64))
+            tl.store(g_ptr + out, philox.gumbel_from_bits(bits))
+
+
+def _ulp32(x):
+    return torch.nextafter(x, torch.tensor(float("inf"), dtype=x.dtype)) - x
+
+
+def test_noise_helpers_equal_the_contract():
+    """Philox words bit for bit (all 4 Gumbel words used), the Gumbel transform to float32 rounding."""
+    seeds = torch.tensor([0, 3, -9, 2**45 + 7, 2**63 - 1, -(2**63)], dtype=torch.int64)
+    B, L, V, step = len(seeds), 3, 64, 1234567
+    jump = torch.empty(B, 16, dtype=torch.int64, device=DEVICE)
+    bits = torch.empty(B, L, V, dtype=torch.int64, device=DEVICE)
+    g = torch.empty(B, L, V, dtype=torch.float32, device=DEVICE)
+    _noise_kernel[(B,)](seeds.to(DEVICE), jump, bits, g, step, L, V, BLOCK_L=16, GROUPS=V // 4)
+    want_jump = noise.jump_bits(seeds[:, None], torch.tensor(step), torch.arange(16)[None])
+    assert torch.equal(jump.cpu(), want_jump)
+    want_bits = noise.gumbel_bits(seeds[:, None, None], torch.tensor(step), torch.arange(L)[:, None], torch.arange(V))
+    assert torch.equal(bits.cpu(), want_bits)
+    want_g = noise.gumbel_from_bits(want_bits)
+    err = (g.cpu() - want_g).abs() / _ulp32(want_g.abs().clamp(min=1.0))
+    assert float(err.max()) <= 4.0  # both are float32 evaluations of the same formula (logs may differ by an ulp)
+
+
+def test_gumbel_transform_over_the_whole_range():
+    """The extremes of the uint32 range (tail accuracy) and both halves of the transform."""
+    x = torch.cat([torch.arange(0, 8), torch.arange(2**31 - 4, 2**31 + 4), torch.arange(2**32 - 8, 2**32),
+                   torch.randint(0, 2**32, (232,), generator=torch.Generator().manual_seed(0))]).to(torch.int64)
+
+    @triton.jit
+    def kernel(x_ptr, out_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(out_ptr + i, philox.gumbel_from_bits(tl.load(x_ptr + i).to(tl.uint32)))
+
+    out = torch.empty(len(x), dtype=torch.float32, device=DEVICE)
+    kernel[(1,)](x.to(DEVICE), out, N=len(x))
+    want = noise.gumbel_from_bits(x)
+    assert torch.isfinite(out).all() and float(out.max()) > 22.0
+    assert float(((out.cpu() - want).abs() / _ulp32(want.abs().clamp(min=1.0))).max()) <= 4.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Random sweep inputs
+# ---------------------------------------------------------------------------------------------
+def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False):
+    """A window with prompts, already-unmasked positions, pass-through slices and the final step."""
+    g = torch.Generator().manual_seed(seed)
+    mask_id = V // 2 if mask_id is None else mask_id
+    tables = step_tables(get_schedule("loglinear"), time_grid(N), rule)
+    x0 = torch.full((B, L), mask_id, dtype=torch.int64)
+    clean = torch.randint(0, V - 1, (B, L), generator=g)
+    clean = clean + (clean >= mask_id).to(torch.int64)  # never the mask
+    x0[0, : max(1, L // 3)] = clean[0, : max(1, L // 3)]  # a prompt
+    keep = torch.rand(B, L, generator=g) < 0.25  # positions already unmasked
+    keep[0] = False
+    x0 = torch.where(keep, clean, x0)
+    steps = torch.full((W, B), -1, dtype=torch.int64)
+    for b in range(B):
+        n = W if b % 3 != 2 else max(1, W - 2)  # some samples pass their last slices through
+        start = int(torch.randint(0, N + 1, (1,), generator=g)) if b != 1 else N + 1 - min(n, N + 1)
+        chosen = torch.arange(start, min(N + 1, start + n))  # consecutive steps; b = 1 ends on the final fill
+        steps[: len(chosen), b] = chosen
+    live = steps >= 0
+    rows = torch.full((W, B), -1, dtype=torch.int64)
+    rows[live] = torch.randperm(int(live.sum()), generator=g)
+    logits = torch.randn(int(live.sum()), L, V, generator=g) * 2.0
+    rate = tables.rate
+    if score:  # score rates that make K = 0, 1 and 2 all common (the schedule's own are extreme here)
+        total = V * float(torch.exp(torch.tensor(2.0)))  # E[sum exp(s)] for s ~ N(0, 4)
+        rate = (torch.rand(N + 1, generator=g) * (0.6 if rule == "tweedie" else 2.5) / total).to(torch.float32)
+    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0, clean)
+    seeds = torch.randint(-(2**62), 2**62, (B,), generator=g, dtype=torch.int64)
+    args = (logits.to(dtype), rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, temperature,
+            RULES.index(rule), score, argmax_final)
+    return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _check_sweep(args, config=None):
+    got = triton_sweep.sweep(*args, config=config)
+    want = reference.sweep(*args)
+    for name, a, b in zip(("states", "counts", "residual", "invalid"), got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a.cpu(), b.cpu()), f"{name} differs:\n{a}\n{b}"
+    return got
+
+
+SMALL_TILES = None if DEVICE.type == "cuda" else triton_sweep.SweepConfig(block_v=16, num_warps=1, target_programs=64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("window", [1, 5])
+def test_sweep_mean_matches_reference(rule, dtype, window):
+    args = _sweep_case(B=3, L=9, V=37, W=window, N=7, rule=rule, score=False, dtype=dtype, seed=window)
+    states = _check_sweep(args)[0]
+    assert bool((states != args[3].unsqueeze(0)).any())  # something was drawn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("window", [1, 3])
+def test_sweep_score_matches_reference(rule, dtype, window):
+    args = _sweep_case(B=2, L=5, V=23, W=window, N=5, rule=rule, score=True, dtype=dtype, seed=10 + window)
+    counts = _check_sweep(args)[1]
+    assert bool((counts > 0).any())
+
+
+@pytest.mark.parametrize("V", [71, 72])
+@pytest.mark.parametrize("score", [False, True])
+def test_sweep_vocabulary_tiles_split_and_options(score, V):
+    """Rows over several tiles (mask token inside one), the vocabulary split across programs (mean),
+    odd V (strided column loads, a partial last tile) and V = 72 (vector loads: 4-aligned rows),
+    temperature and the final argmax fill."""
+    args = _sweep_case(B=2, L=4, V=V, W=3, N=4, rule="first", score=score, dtype=torch.bfloat16, seed=5,
+                       mask_id=21, temperature=0.5, argmax_final=True)
+    _check_sweep(args, SMALL_TILES)
+    if not score:
+        _check_sweep(args, triton_sweep.SweepConfig(block_v=16, num_warps=1, target_programs=1, block_l=2, v_split=3))
+
+
+def test_sweep_long_window_one_position_and_one_sample():
+    """L = 1, B = 1, a window longer than the steps left (trailing pass-through slices)."""
+    args = _sweep_case(B=1, L=1, V=5, W=9, N=6, rule="reject", score=False, dtype=torch.bfloat16, seed=3)
+    _check_sweep(args)
+    args = _sweep_case(B=1, L=1, V=2, W=2, N=3, rule="first", score=True, dtype=torch.float16, seed=4, mask_id=0)
+    _check_sweep(args)
+
+
+@pytest.mark.parametrize("score", [False, True])
+def test_sweep_invalid_rows_keep_positions_masked(score):
+    """NaN, +inf and all--inf rows where a position is drawn: counted in ``invalid``, never a token;
+    the mean parametrization redraws at the position's next unmasking slice."""
+    B, L, V, W, N = 2, 6, 13, 4, 3
+    args = list(_sweep_case(B=B, L=L, V=V, W=W, N=N, rule="first", score=score, dtype=torch.float32, seed=8))
+    logits = args[0].clone()
+    mask_id = args[8]
+    logits[:, 1, 3] = float("nan")
+    logits[:, 2, 5] = float("inf")
+    logits[:, 3] = float("-inf")
+    logits[:, 4, mask_id] = float("nan")  # on the mask column: ignored
+    logits[1::2, 5, 0] = float("nan")  # bad in some rows only: later slices may draw
+    args[0] = logits
+    args[3] = torch.full((B, L), mask_id, dtype=torch.int64, device=DEVICE)
+    states, _, _, invalid = _check_sweep(tuple(args))
+    assert bool((invalid > 0).any())
+    assert bool((states[:, :, 1:4] == mask_id).all())
+    assert int(states.max()) < V
+
+
+def test_sweep_strided_logits():
+    """Logits that are a non-contiguous view (rows interleaved, vocabulary strided) are read in place."""
+    args = list(_sweep_case(B=2, L=5, V=19, W=3, N=5, rule="reject", score=False, dtype=torch.bfloat16, seed=6))
+    base = torch.randn(2 * args[0].shape[0], args[0].shape[2], args[0].shape[1], dtype=torch.bfloat16, device=DEVICE)
+    args[0] = base[::2].transpose(1, 2)  # [R, L, V] with strides (2 V L, 1, L)
+    assert not args[0].is_contiguous()
+    _check_sweep(tuple(args))
+    padded = torch.randn(args[0].shape[0], args[0].shape[1], 24, device=DEVICE)
+    args[0] = padded[:, :, 2:21]  # rows start off 4-element alignment
+    _check_sweep(tuple(args))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_unmask_table_matches_reference(rule):
+    g = torch.Generator().manual_seed(RULES.index(rule))
+    B, L, N, mask_id = 3, 37, 40, 4
+    cdf = step_tables(get_schedule("cosine"), time_grid(N), rule).cdf
+    x = torch.where(torch.rand(B, L, generator=g) < 0.3, torch.randint(0, 4, (B, L), generator=g), mask_id)
+    seeds = torch.randint(-(2**62), 2**62, (B,), generator=g, dtype=torch.int64)
+    got = triton_table.unmask_table(x.to(DEVICE), seeds.to(DEVICE), cdf.to(DEVICE), mask_id, RULES.index(rule))
+    assert torch.equal(got.cpu(), reference.unmask_table(x, seeds, cdf, mask_id, RULES.index(rule)))
+    # one sample, one position, a step count that leaves positions for the final fill
+    cdf = step_tables(get_schedule("loglinear"), time_grid(2), rule).cdf
+    x1 = torch.full((1, 1), mask_id)
+    for s in range(8):
+        seed = torch.tensor([s], dtype=torch.int64)
+        got = triton_table.unmask_table(x1.to(DEVICE), seed.to(DEVICE), cdf.to(DEVICE), mask_id, RULES.index(rule))
+        assert torch.equal(got.cpu(), reference.unmask_table(x1, seed, cdf, mask_id, RULES.index(rule)))
+
+
+def test_ops_dispatch_to_triton():
+    args = _sweep_case(B=2, L=3, V=11, W=2, N=4, rule="reject", score=False, dtype=torch.float32, seed=1)
+    with ops.use_backend("triton"):
+        got = ops.sweep(*args)
+        assert ops.last_backend("sweep") == "triton"
+        table = ops.unmask_table(args[3], args[5], args[6], args[8], 0)
+        assert ops.last_backend("unmask_table") == "triton"
+    want = reference.sweep(*args)
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, want))
+    assert torch.equal(table.cpu(), reference.unmask_table(*(a.cpu() for a in (args[3], args[5], args[6])), args[8], 0))
+
+
+@pytest.mark.parametrize("parametrization", ["mean", "score"])
+def test_pit_sampler_on_triton_equals_tau_leaping(parametrization):
+    """PIT through the Triton kernels returns exactly the sequential sampler's tokens (reference ops)."""
+    oracle = make_oracle("mixture", seed=3, num_tokens=5, length=5)
+    common = dict(mask_id=oracle.mask_id, num_steps=10, rule="reject")
+    if parametrization == "score":
+        common.update(parametrization="score", schedule="linear", t_max=0.9)
+    x = torch.full((2, oracle.length), oracle.mask_id, dtype=torch.int64)
+    x[1, 0] = 2  # a prompt token
+    with ops.use_backend("reference"):
+        want = ps.TauLeapingSampler(oracle, **common).sample(x, seed=11)
+    with ops.use_backend("triton"):
+        got = ps.PITSampler(oracle, window=3, **common).sample(x.to(DEVICE), seed=11)
+    assert ops.last_backend("sweep") == "triton"
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert got.exact and not bool((got.tokens == oracle.mask_id).any())
