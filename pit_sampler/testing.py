@@ -33,7 +33,7 @@ def _check_tokens(x: Tensor, vocab_size: int, length: int) -> None:
 
 
 class Oracle:
-    """Base class: subclasses implement ``conditionals``, ``log_prob`` and ``sample``."""
+    """Base class: checks inputs; subclasses implement ``_conditionals``, ``_log_prob`` and ``_sample``."""
 
     def __init__(self, num_tokens: int, length: int):
         if num_tokens < 2 or length < 1:
@@ -42,17 +42,34 @@ class Oracle:
         self.mask_id, self.vocab_size = num_tokens, num_tokens + 1
 
     def conditionals(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """float64 ``[N, L, num_tokens]``: ``p(x_i = v | x_O)`` (``x`` may hold ``mask_id``)."""
+        _check_tokens(x, self.vocab_size, self.length)
+        return self._conditionals(x.cpu())
 
     def log_prob(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """float64 ``[N]``: the exact log-probability of clean sequences ``x``."""
+        _check_tokens(x, self.num_tokens, self.length)
+        return self._log_prob(x.cpu())
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``LongTensor[n, L]`` of exact (ancestral) samples."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if n == 0:
+            return torch.empty(0, self.length, dtype=torch.int64)
+        return self._sample(n, generator)
+
+    def _conditionals(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
 
     def __call__(self, x: Tensor, t: Tensor | None = None) -> Tensor:
-        _check_tokens(x, self.vocab_size, self.length)
-        logp = torch.log(self.conditionals(x.cpu())).to(torch.float32)
+        logp = torch.log(self.conditionals(x)).to(torch.float32)
         mask_col = torch.full((*logp.shape[:2], 1), float("-inf"), dtype=torch.float32)
         return torch.cat([logp, mask_col], -1).to(x.device)
 
@@ -85,16 +102,16 @@ class IndependentOracle(Oracle):
     @classmethod
     def random(cls, num_tokens: int = 6, length: int = 16, concentration: float = 0.5, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        return cls(_random_simplex((length, num_tokens), concentration, g).clamp(min=1e-6))
+        probs = _random_simplex((length, num_tokens), concentration, g).clamp(min=1e-6)
+        return cls(probs / probs.sum(-1, keepdim=True))
 
-    def conditionals(self, x):
+    def _conditionals(self, x):
         return self._point_masses(self.probs.expand(x.shape[0], -1, -1), x)
 
-    def log_prob(self, x):
-        _check_tokens(x, self.num_tokens, self.length)
-        return torch.log(self.probs).gather(1, x.cpu().T).sum(0)
+    def _log_prob(self, x):
+        return torch.log(self.probs).gather(1, x.T).sum(0)
 
-    def sample(self, n, generator=None):
+    def _sample(self, n, generator):
         return torch.multinomial(self.probs, n, replacement=True, generator=generator).T.contiguous()
 
 
@@ -128,16 +145,15 @@ class MixtureOracle(Oracle):
         joint = self.log_w + torch.where(observed.unsqueeze(1), per_pos, 0.0).sum(-1)  # [N, C]
         return joint - torch.logsumexp(joint, -1, keepdim=True), joint
 
-    def conditionals(self, x):
+    def _conditionals(self, x):
         log_post, _ = self._log_posterior(x)
         cond = (log_post.exp()[:, :, None, None] * self.log_p.exp().unsqueeze(0)).sum(1)  # [N, L, K]
         return self._point_masses(cond, x)
 
-    def log_prob(self, x):
-        _check_tokens(x, self.num_tokens, self.length)
-        return torch.logsumexp(self._log_posterior(x.cpu())[1], -1)
+    def _log_prob(self, x):
+        return torch.logsumexp(self._log_posterior(x)[1], -1)
 
-    def sample(self, n, generator=None):
+    def _sample(self, n, generator):
         c = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
         probs = self.log_p.exp()[c].reshape(n * self.length, self.num_tokens)
         return torch.multinomial(probs, 1, generator=generator).view(n, self.length)
@@ -188,7 +204,7 @@ class HMMOracle(Oracle):
             beta[:, i] = b
         return alpha, beta, log_scale
 
-    def conditionals(self, x):
+    def _conditionals(self, x):
         alpha, beta, _ = self._forward_backward(x)
         # posterior of z_i given the observations other than x_i: divide out position i's own emission
         e = self._emissions(x)
@@ -197,11 +213,10 @@ class HMMOracle(Oracle):
         cond = (post.unsqueeze(-1) * self.B).sum(2)  # [N, L, K]
         return self._point_masses(cond, x)
 
-    def log_prob(self, x):
-        _check_tokens(x, self.num_tokens, self.length)
-        return self._forward_backward(x.cpu())[2]
+    def _log_prob(self, x):
+        return self._forward_backward(x)[2]
 
-    def sample(self, n, generator=None):
+    def _sample(self, n, generator):
         z = torch.multinomial(self.pi, n, replacement=True, generator=generator)
         out = torch.empty(n, self.length, dtype=torch.int64)
         for i in range(self.length):
