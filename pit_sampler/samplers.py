@@ -19,6 +19,7 @@ per sample is evaluated by one batched denoiser call on the window's ``W`` state
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -190,30 +191,26 @@ class _Sampler:
         if logits.device != xs.device:
             raise ValueError(f"denoiser returned logits on {logits.device}, expected {xs.device}")
 
-    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int):
+    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int, ext_rows=None, ext_steps=None):
         """One iteration: the batched denoiser call on the window rows ``xs [R, L]`` at times ``ts [R]``,
-        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B])``.
-        Pure tensor code with static checks: ``torch.compile(sampler.step, fullgraph=True)`` traces it whole."""
+        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B], ext)``.
+
+        With ``ext_rows``/``ext_steps`` (``[W, B]``), a second sweep continues from the window's last
+        state over the next planned steps, reusing each sample's last logits row: no extra denoiser
+        rows, and ``ext`` (its states) is a better initial guess for the slots the window slides into
+        than the last state repeated. Pure tensor code with static checks:
+        ``torch.compile(sampler.step, fullgraph=True)`` traces it whole."""
         logits = self.denoiser(xs, ts)
         if isinstance(logits, Tensor) and logits.dtype == torch.float64:
             logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
         self._check_logits(logits, xs, top_token)
-        states, _, residual, invalid = ops.sweep(
-            logits,
-            rows,
-            steps,
-            x0,
-            prev,
-            seeds,
-            cdf,
-            rate,
-            self.mask_id,
-            self.temperature,
-            self.rule_id,
-            self.score,
-            self.final == "argmax",
+        sweep = functools.partial(
+            ops.sweep, seeds=seeds, cdf=cdf, rate=rate, mask_id=self.mask_id, temperature=self.temperature,
+            rule=self.rule_id, score=self.score, argmax_final=self.final == "argmax",
         )
-        return states, residual, invalid
+        states, _, residual, invalid = sweep(logits, rows, steps, x0, prev)
+        ext = None if ext_rows is None else sweep(logits, ext_rows, ext_steps, states[-1], states)[0]
+        return states, residual, invalid, ext
 
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
         """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept)."""
@@ -243,17 +240,17 @@ class _Sampler:
             w_idx, b_idx = live.nonzero(as_tuple=True)
             rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
             rows[w_idx, b_idx] = torch.arange(len(w_idx), device=device)
-            states, residual, invalid = self._step(
-                window[w_idx, b_idx],
-                times[steps[w_idx, b_idx]],
-                rows,
-                steps,
-                window[0],
-                window[1:],
-                seeds,
-                tables.cdf,
-                tables.rate,
-                top_token,
+            n_live = live.sum(0)
+            ext_rows = ext_steps = None
+            if W > 1:  # guesses for the slots past this window: the next planned steps, last logits row reused
+                ext_idx = (pos + n_live).unsqueeze(0) + offsets.unsqueeze(1)
+                ext_live = (ext_idx < total.unsqueeze(0)) & (n_live > 0).unsqueeze(0)
+                ext_steps = torch.where(ext_live, plan.gather(1, ext_idx.clamp(max=S - 1).T).T, -1)
+                last_row = rows.gather(0, (n_live - 1).clamp(min=0).unsqueeze(0))
+                ext_rows = torch.where(ext_live, last_row, -1)
+            states, residual, invalid, ext = self._step(
+                window[w_idx, b_idx], times[steps[w_idx, b_idx]], rows, steps, window[0], window[1:], seeds,
+                tables.cdf, tables.rate, top_token, ext_rows, ext_steps,
             )
             if bool(invalid.any()):
                 w, b = invalid.nonzero()[0].tolist()
@@ -265,12 +262,15 @@ class _Sampler:
             residuals.append(residual)
             iters_here += 1
             accept = self._accept(residual, live, iters_here, L)
-            full = torch.cat([window[:1], states])  # full[i]: state after i slices of this window
-            shift = (accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)).clamp(max=W)
-            window = full.gather(0, shift.unsqueeze(-1).expand(W + 1, B, L))
+            # seq[k]: the state after k steps from the window's start: x0, the live slices, then ext
+            k = accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)
+            full = torch.cat([window[:1], states] + ([ext] if ext is not None else []))
+            k = torch.where(k <= n_live, k, W + k - n_live).clamp(max=full.shape[0] - 1)
+            window = full.gather(0, k.unsqueeze(-1).expand(W + 1, B, L))
             pos += accept
             iters_here = torch.where(accept > 0, 0, iters_here)
-            bar.update(int(pos.clamp(max=total).max()) - bar.n)
+            if self.progress:
+                bar.update(int(pos.clamp(max=total).max()) - bar.n)
         bar.close()
         tokens = window[0]
         assert not bool((tokens == self.mask_id).any()), "internal error: a mask survived the final fill"
