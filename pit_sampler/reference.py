@@ -17,7 +17,8 @@ argmax_final) -> (states, counts, residual, invalid)``
     Absorbing scan over slices, per position: a masked position's count ``K`` and unmask decision
     come from the jump noise (mean: integer thresholds ``cdf``; score: ``rate`` times the row's
     ``sum exp``); an unmasking position takes
-    ``argmax_{v != mask_id} logits[v] / temperature + G[seed_b, j, l, v]``
+    ``argmax_{v != mask_id} logits[v] * inv_t + G[seed_b, j, l, v]`` with ``inv_t = 1.0f / float32(temperature)``
+    (a float32 multiply, as CUDA evaluates a division by a scalar, so that every device agrees)
     (plain argmax at the final step ``N`` when ``argmax_final``). Outputs: ``states`` int64
     ``[W, B, L]`` after each slice, ``counts`` int32 ``[W, B, L]`` (``K`` of masked positions, else 0),
     ``residual`` int32 ``[W, B]`` = positions where ``states`` differs from ``prev``, and ``invalid``
@@ -76,11 +77,12 @@ def _draw_tokens(rows, seeds, steps, positions, mask_id, temperature, argmax):
     """Gumbel-max token of each row (``[n, V]`` float32), keyed by ``(seed, step, position, v)``."""
     n, V = rows.shape
     vocab = torch.arange(V, device=rows.device)
+    inv_t = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
     out = torch.empty(n, dtype=torch.int64, device=rows.device)
     chunk = max(1, _ROW_CHUNK // V)
     for i in range(0, n, chunk):
         sl = slice(i, i + chunk)
-        scores = rows[sl] / temperature
+        scores = rows[sl] * inv_t
         g = gumbel_from_bits(gumbel_bits(seeds[sl, None], steps[sl, None], positions[sl, None], vocab))
         scores = torch.where(argmax[sl, None], scores, scores + g)
         scores[:, mask_id] = float("-inf")

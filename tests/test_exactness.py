@@ -51,7 +51,8 @@ def naive_tau_leaping(denoiser, x, seed, schedule, times, rule, mask_id, tempera
             go = masked & ((u > p0) & (u <= p1) if rule == "reject" else (u > p0))
         if not go.any():
             continue
-        logits = denoiser(x, torch.full((B,), float(times[j]))).float() / temperature
+        inv_t = torch.tensor(1.0) / torch.tensor(temperature)  # the contract: a float32 multiply by 1/T
+        logits = denoiser(x, torch.full((B,), float(times[j]))).float() * inv_t
         bb, ll = go.nonzero(as_tuple=True)
         rows = logits[bb, ll]
         if not (j == N and final == "argmax"):
