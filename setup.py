@@ -40,16 +40,18 @@ def native_extension() -> tuple[list, dict]:
     class OptionalBuildExtension(BuildExtension):
         """``BuildExtension`` that, in ``auto`` mode, warns instead of failing when the build fails."""
 
-        def build_extension(self, ext):
+        def run(self):
             try:
-                super().build_extension(ext)
+                super().run()
             except Exception as err:  # any compiler or toolchain failure
                 if mode != "auto":
                     raise
                 warnings.warn(
-                    f"building {ext.name} failed ({err}); pit_sampler will run without its native kernels. "
+                    f"building pit_sampler._C failed ({err}); pit_sampler will run without its native kernels. "
                     "Set PIT_SAMPLER_BUILD=cpu to see the error, or PIT_SAMPLER_BUILD=none to skip the build."
                 )
+                self.extensions = []
+                self.distribution.ext_modules = []
 
     cuda = build["with_cuda"](mode)
     kind = CUDAExtension if cuda else CppExtension

@@ -168,7 +168,7 @@ class _Denoisers:
         return den, den.mask_id, den.vocab_size
 
 
-def _measure(make_sampler, den, cfg: Config, x, max_rows: int, reps: int, graphs: bool, device) -> dict:
+def _measure(make_sampler, den, cfg: Config, x, max_rows: int, reps: int, graphs: bool, device) -> tuple[dict, torch.Tensor]:
     """Run one sampler: on CUDA a warm-up run (it captures the graphs), then up to ``reps`` timed runs
     (fewer when a run is long, see :data:`REP_TARGET_S`); on CPU one timed run per rep.
     Denoisers evaluated on the CPU (``on_device`` false: the HMM oracle) are not graph-captured."""
@@ -179,6 +179,7 @@ def _measure(make_sampler, den, cfg: Config, x, max_rows: int, reps: int, graphs
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
     def timed():
         _sync(device)
         t0 = time.perf_counter()
@@ -278,6 +279,8 @@ def environment(device: torch.device) -> dict:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
+    if device.type == "cuda":
+        env["reduced_precision_reduction"] = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
     if hasattr(os, "getloadavg"):
         env["loadavg_start"] = os.getloadavg()
     return env
@@ -294,6 +297,11 @@ def run(out: str | Path, preset: str = "cpu", device: str | None = None, budget_
     if threads:
         torch.set_num_threads(threads)
     graphs = device.type == "cuda" if graphs is None else graphs
+    if device.type == "cuda":
+        # no split-K reductions in reduced precision: fewer row-count-dependent roundings in the matmuls,
+        # so a row's logits depend less on the batch it is in (exactness); applies to both samplers
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     spec = PRESETS[preset]
     configs = [c for c in spec["configs"] if only is None or only in c.name]
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -193,7 +193,8 @@ class Probe:
 
 @torch.no_grad()
 def batch_invariance(denoiser, vocab_size: int, length: int, rows: int, device, seed: int = 0) -> dict:
-    """Evaluate ``rows`` random half-masked rows all at once, then in batches of 1 and 3, and compare.
+    """Evaluate ``rows >= 5`` random half-masked rows all at once, then rows 0 and 1 alone and rows 2-4 as a
+    batch of 3, and compare those five rows.
 
     Returns ``{"bitwise": bool, "max_abs_diff": float, "argmax_agreement": float}`` (the share of
     positions whose argmax token is the same in both evaluations).

@@ -22,12 +22,17 @@ HERE = Path(__file__).resolve().parent
 MODES = ("auto", "cpu", "cuda", "none")
 CPU_SOURCES = ("ops.cpp", "sweep_cpu.cpp", "unmask_table_cpu.cpp")
 CUDA_SOURCES = ("sweep_cuda.cu", "ops_cuda.cpp")
-# -O3 and no -march: the AVX2 variants of the hot loops come from function multi-versioning in the
-# sources, so one binary runs on any x86-64. No FMA contraction: the float32 noise transforms follow the
-# reference operation by operation. OpenMP: at::parallel_for is a header template that is parallel
-# only when the extension itself is compiled with OpenMP (it then shares torch's libgomp).
-CXX_FLAGS = ["-O3", "-ffp-contract=off"] + ([] if sys.platform in ("win32", "darwin") else ["-fopenmp"])
-LD_FLAGS = [] if sys.platform in ("win32", "darwin") else ["-fopenmp"]
+# -O3 and no -march: the AVX-512 / AVX2 variants of the hot loop come from function multi-versioning in
+# the sources, so one binary runs on any x86-64. No FMA contraction: the float32 noise transforms follow
+# the reference operation by operation. OpenMP: at::parallel_for is a header template that is parallel
+# only when the extension itself is compiled with OpenMP (it then shares torch's libgomp); Apple's clang
+# has no OpenMP, so the macOS build is serial.
+if sys.platform == "win32":
+    CXX_FLAGS, LD_FLAGS = ["/O2", "/openmp"], []
+elif sys.platform == "darwin":
+    CXX_FLAGS, LD_FLAGS = ["-O3", "-ffp-contract=off"], []
+else:
+    CXX_FLAGS, LD_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"], ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]
 
 

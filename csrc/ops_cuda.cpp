@@ -91,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   args.K = cdf.size(1);
   args.mask_id = mask_id;
   args.rule = rule;
-  args.temperature = static_cast<float>(temperature);
+  args.inv_t = 1.0f / static_cast<float>(temperature);
   args.score = score;
   args.argmax_final = argmax_final;
   args.dtype = dtype == at::kFloat ? Dtype::kFloat32 : dtype == at::kBFloat16 ? Dtype::kBFloat16 : Dtype::kFloat16;

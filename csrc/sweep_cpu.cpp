@@ -12,7 +12,8 @@
 // Score parametrization: every live masked slice reads its row (lambda depends on it), so slices are
 // processed in order, in parallel over the masked positions of each slice.
 //
-// Token draw: argmax_{v != mask} s_v / T + G(seed, j, l, v), first index on ties, as a running
+// Token draw: argmax_{v != mask} x_v * inv_t + G(seed, j, l, v) with inv_t = float32(1) / float32(T) (the
+// contract: a float32 multiply, as CUDA evaluates a division by a scalar), first index on ties, as a running
 // (max, argmax) in float32 over the row, generating Philox per 4 tokens in the loop (no noise tensor).
 // Two exact shortcuts skip work for tokens that cannot beat the running best:
 //   * a 64-token chunk is skipped without any Philox when every score s satisfies s + 23 <= best
@@ -29,6 +30,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -36,10 +38,11 @@
 #include "philox.h"
 #include "sampling.h"
 
-// The hot row loops are compiled for AVX2 and for the baseline ISA, picked at load time by the CPU
-// (GCC/Clang function multi-versioning on x86-64 ELF); other platforms build the baseline version.
+// The hot row loop is compiled for x86-64-v4 (AVX-512), AVX2 and the baseline ISA, and the loader picks
+// the best one the CPU supports (GCC/Clang function multi-versioning on x86-64 ELF; no -march needed);
+// other platforms build the baseline version.
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
-#define PIT_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define PIT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define PIT_CPU_CLONES
 #endif
@@ -49,10 +52,14 @@ namespace cpu {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int kGroups = 16;             // Philox counters per chunk
-constexpr int kChunk = 4 * kGroups;     // tokens per chunk (4 output words per counter)
+constexpr int kGroups = 16;          // Philox counters per chunk
+constexpr int kChunk = 4 * kGroups;  // tokens per chunk (4 output words per counter)
 
 int64_t padded_vocab(int64_t V) { return (V + kChunk - 1) / kChunk * kChunk; }
+
+// Grain of at::parallel_for for items costing about `cost` elementary steps (a token, a Philox call, a
+// compared state) each: loops under about 2^15 steps run inline, without a parallel region.
+int64_t grain(int64_t cost) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, cost)); }
 
 }  // namespace
 
@@ -113,29 +120,34 @@ int64_t first_argmax(const float* s, int64_t n) {
   return best_v;
 }
 
+// buf[v] = row[v] as float32, times inv_t when kScale, for v in [lo, hi); ORs into
+// `nonfinite_hi` whether a value is NaN or +inf and into `above_neg_inf` whether one is above -inf.
+template <bool kScale, typename scalar_t>
+void convert(const scalar_t* __restrict row, float* __restrict buf, int64_t lo, int64_t hi, float inv_t,
+             int& nonfinite_hi, int& above_neg_inf) {
+  int nonfinite = 0, above = 0;
+  for (int64_t v = lo; v < hi; ++v) {
+    const float x = static_cast<float>(row[v]);
+    nonfinite |= !(x < kInf);
+    above |= x > -kInf;
+    buf[v] = kScale ? x * inv_t : x;
+  }
+  nonfinite_hi |= nonfinite;
+  above_neg_inf |= above;
+}
+
 // Copies row[0, V) as float32 into buf[0, padded_vocab(V)) with -inf at mask_id and in the padding,
-// divided by the temperature unless it is 1 (x / 1 == x). Returns whether the row is bad: NaN or +inf
+// times inv_t = 1 / temperature unless it is 1 (x * 1 == x). Returns whether the row is bad: NaN or +inf
 // on a non-mask token, or no non-mask token above -inf (checked on the undivided values).
 template <typename scalar_t>
-bool load_row(const scalar_t* row, int64_t V, int64_t mask_id, float temperature, float* buf) {
-  int nonfinite_hi = 0;  // NaN or +inf seen
-  int above_neg_inf = 0;
-  auto copy = [&](int64_t lo, int64_t hi, auto divide) {
-    for (int64_t v = lo; v < hi; ++v) {
-      const float x = static_cast<float>(row[v]);
-      nonfinite_hi |= !(x < kInf);
-      above_neg_inf |= x > -kInf;
-      buf[v] = divide ? x / temperature : x;
-    }
-  };
-  const auto run = [&](auto divide) {
-    copy(0, mask_id, divide);
-    copy(mask_id + 1, V, divide);
-  };
-  if (temperature == 1.0f) {
-    run(std::false_type{});
+bool load_row(const scalar_t* row, int64_t V, int64_t mask_id, float inv_t, float* buf) {
+  int nonfinite_hi = 0, above_neg_inf = 0;
+  if (inv_t == 1.0f) {
+    convert<false>(row, buf, 0, mask_id, inv_t, nonfinite_hi, above_neg_inf);
+    convert<false>(row, buf, mask_id + 1, V, inv_t, nonfinite_hi, above_neg_inf);
   } else {
-    run(std::true_type{});
+    convert<true>(row, buf, 0, mask_id, inv_t, nonfinite_hi, above_neg_inf);
+    convert<true>(row, buf, mask_id + 1, V, inv_t, nonfinite_hi, above_neg_inf);
   }
   buf[mask_id] = -kInf;
   for (int64_t v = V; v < padded_vocab(V); ++v) buf[v] = -kInf;
@@ -167,7 +179,7 @@ struct Sweep {
   int32_t* counts;         // [W, B, L]
   int32_t* invalid;        // [W, B]
   int64_t W, B, L, V, R, N, K, mask_id, rule;
-  float temperature;
+  float inv_t;  // float32(1) / float32(temperature): scores are logits * inv_t (the contract)
   bool argmax_final;
 
   // The global step of slice w for sample b (negative: pass-through; checked <= N up front).
@@ -208,7 +220,7 @@ void Sweep<scalar_t>::mean() const {
   std::vector<uint8_t> bad(P, 0);
   while (!todo.empty()) {
     // A: scan slices until the first unmask decision.
-    at::parallel_for(0, static_cast<int64_t>(todo.size()), 64, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, static_cast<int64_t>(todo.size()), grain(W), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = todo[i], b = p / L, l = p % L;
         const uint32_t k0 = seed_lo(seeds[b]), k1 = seed_hi(seeds[b]);
@@ -231,11 +243,11 @@ void Sweep<scalar_t>::mean() const {
       if (event[p] >= 0) events.push_back(p);
     }
     // B: one row per event.
-    at::parallel_for(0, static_cast<int64_t>(events.size()), 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, static_cast<int64_t>(events.size()), grain(V), [&](int64_t lo, int64_t hi) {
       std::vector<float> buf(padded_vocab(V));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = events[i], b = p / L, l = p % L, w = event[p];
-        bad[p] = load_row(row(w, b, l), V, mask_id, temperature, buf.data());
+        bad[p] = load_row(row(w, b, l), V, mask_id, inv_t, buf.data());
         if (!bad[p]) {
           token[p] = draw(buf.data(), b, l, step(w, b));
           settled[p] = w;
@@ -252,7 +264,7 @@ void Sweep<scalar_t>::mean() const {
     }
   }
   // C: states[w, b, l] = x0 before the settling slice, the drawn token from it on.
-  at::parallel_for(0, W * B, 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, W * B, grain(L), [&](int64_t lo, int64_t hi) {
     for (int64_t wb = lo; wb < hi; ++wb) {
       const int64_t w = wb / B, b = wb % B;
       for (int64_t l = 0; l < L; ++l) {
@@ -276,7 +288,7 @@ void Sweep<scalar_t>::score() const {
     for (int64_t p = 0; p < P; ++p) {
       if (cur[p] == mask_id && step(w, p / L) >= 0) live.push_back(p);
     }
-    at::parallel_for(0, static_cast<int64_t>(live.size()), 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, static_cast<int64_t>(live.size()), grain(V), [&](int64_t lo, int64_t hi) {
       std::vector<float> buf(padded_vocab(V));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = live[i], b = p / L, l = p % L, j = step(w, b);
@@ -295,8 +307,8 @@ void Sweep<scalar_t>::score() const {
         }
         counts[(w * B + b) * L + l] = k;
         if (!bad[p] && unmasks(k, rule)) {
-          if (temperature != 1.0f) {
-            for (int64_t v = 0; v < V; ++v) buf[v] = buf[v] / temperature;
+          if (inv_t != 1.0f) {
+            for (int64_t v = 0; v < V; ++v) buf[v] = buf[v] * inv_t;
           }
           next[p] = draw(buf.data(), b, l, j);
         }
@@ -375,7 +387,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                             cdf.size(1),
                             mask_id,
                             rule,
-                            static_cast<float>(temperature),
+                            1.0f / static_cast<float>(temperature),
                             argmax_final};
     if (score) {
       s.score();
@@ -387,7 +399,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   const int64_t* st = states.const_data_ptr<int64_t>();
   const int64_t* pv = prev_c.const_data_ptr<int64_t>();
   int32_t* res = residual.data_ptr<int32_t>();
-  at::parallel_for(0, W * B, 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, W * B, grain(L), [&](int64_t lo, int64_t hi) {
     for (int64_t wb = lo; wb < hi; ++wb) {
       int32_t changed = 0;
       for (int64_t l = 0; l < L; ++l) changed += st[wb * L + l] != pv[wb * L + l];

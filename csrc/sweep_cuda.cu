@@ -5,7 +5,7 @@
 // absorbing scan); block-uniform control flow, so every block-wide reduction is reached by all threads.
 // At a slice where the masked position unmasks, the block reads the logits row once with 16-byte loads
 // (4 fp32 or 8 bf16/fp16 tokens per thread and step; rows that are not 16-byte aligned, as with odd V,
-// fall back to scalar loads) and draws argmax_{v != mask} s_v / T + G(seed, j, l, v) as a running
+// fall back to scalar loads) and draws argmax_{v != mask} s_v * (1/T) + G(seed, j, l, v) as a running
 // (max, argmax) per thread, then a block reduction (first index on ties). Philox runs per 4 tokens in
 // the loop; the exact shortcuts of the CPU kernel skip tokens that cannot beat the thread's best
 // (s + 23 <= best: no Philox; s + gumbel_upper_bound(bits) <= best: no logs). The row check (NaN/+inf,
@@ -136,14 +136,14 @@ struct Shared {
 };
 
 // Block-wide pass over a row: whether it is bad, and its token (Gumbel-max when `noise`, else argmax)
-// of the scores x / temperature.
+// of the scores x * inv_t (inv_t = float32(1) / float32(temperature), the contract's float32 multiply).
 struct Draw {
   bool bad;
   long long token;
 };
 
 template <typename T>
-__device__ Draw draw_row(const T* __restrict__ row, long long V, long long mask_id, float temperature, bool noise,
+__device__ Draw draw_row(const T* __restrict__ row, long long V, long long mask_id, float inv_t, bool noise,
                          uint32_t k0, uint32_t k1, uint32_t l, uint32_t j, Shared& shared) {
   constexpr int n = Elem<T>::kPerLoad;
   const bool vector_ok = reinterpret_cast<uintptr_t>(row) % 16 == 0;
@@ -161,7 +161,7 @@ __device__ Draw draw_row(const T* __restrict__ row, long long V, long long mask_
       if (v < V && v != mask_id) {
         nonfinite_hi |= !(x[k] < INFINITY);
         above_neg_inf |= x[k] > -INFINITY;
-        s[k] = temperature == 1.0f ? x[k] : x[k] / temperature;
+        s[k] = inv_t == 1.0f ? x[k] : x[k] * inv_t;
       } else {
         s[k] = -INFINITY;
       }
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
         if (draw && (r < 0 || r >= a.R)) out_of_range("rows", w, b, r, a.R - 1);
       }
       if (draw) {
-        const Draw d = draw_row<T>(row, a.V, a.mask_id, a.temperature, !(a.argmax_final && j == a.N), k0, k1, ll, jj,
+        const Draw d = draw_row<T>(row, a.V, a.mask_id, a.inv_t, !(a.argmax_final && j == a.N), k0, k1, ll, jj,
                                    shared);
         bad = d.bad;
         if (!bad) state = d.token;

@@ -28,7 +28,7 @@ struct SweepArgs {
   int32_t* residual;     // [W, B]
   int32_t* invalid;      // [W, B]
   int64_t W, B, L, V, R, N, K, mask_id, rule;
-  float temperature;
+  float inv_t;  // float32(1) / float32(temperature): scores are logits * inv_t
   bool score, argmax_final;
   Dtype dtype;
 };

@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "philox.h"
@@ -33,7 +34,9 @@ at::Tensor unmask_table(const at::Tensor& x, const at::Tensor& seeds, const at::
   const int64_t* sd = seeds_c.const_data_ptr<int64_t>();
   const int64_t* thresholds = cdf_c.const_data_ptr<int64_t>();
   int64_t* out = table.data_ptr<int64_t>();
-  at::parallel_for(0, B * L, 256, [&](int64_t lo, int64_t hi) {
+  // a position costs up to N Philox calls; small tables run inline, without a parallel region
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, N));
+  at::parallel_for(0, B * L, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t p = lo; p < hi; ++p) {
       if (xs[p] != mask_id) {
         out[p] = -1;

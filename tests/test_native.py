@@ -162,6 +162,25 @@ def test_large_vocab_uses_every_philox_word():
 
 
 @needs_native
+def test_temperature_is_a_float32_multiply_by_its_inverse():
+    """Scores are ``logits * (float32(1) / float32(T))``: two logits one ulp apart that this maps to the same
+    float (a division would not) tie, and the tie goes to the first index."""
+    T = 0.7
+    inv_t = torch.tensor(1.0) / torch.tensor(T)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(100000, generator=g) * 3 + 1
+    b = torch.nextafter(a, torch.tensor(-float("inf")))
+    i = int(((a * inv_t == b * inv_t) & (a / T != b / T)).nonzero()[0])
+    logits = torch.full((1, 1, 5), -float("inf"))
+    logits[0, 0, 1], logits[0, 0, 2] = b[i], a[i]  # b < a, but b * inv_t == a * inv_t
+    case = _case(0, W=1, B=1, L=1, V=5, N=2, rule="first", mask_id=0, prompt=0.0, passthrough=0.0, final=1.0)
+    args = _args({**case, "logits": logits, "rows": torch.zeros(1, 1, dtype=torch.int64)}, T, "first", False, True)
+    got = torch.ops.pit_sampler_native.sweep(*args)
+    _assert_same(got, reference.sweep(*args), "temperature")
+    assert int(got[0][0, 0, 0]) == 1
+
+
+@needs_native
 @pytest.mark.parametrize("rule", RULES)
 def test_unmask_table_equals_reference(rule):
     for seed, (B, L, N) in enumerate([(1, 1, 1), (3, 29, 17), (2, 100, 257)]):

@@ -1,8 +1,8 @@
 """The noise contract of :mod:`pit_sampler.noise` in Triton: shared by the sweep and table kernels.
 
 Philox4x32-10 on uint32 words, with the key ``(k0, k1) = (seed & 0xFFFFFFFF, seed >> 32)``:
-each round computes ``hi0:lo0 = 0xD2511F53 * c0`` and ``hi1:lo1 = 0xCD9E8D57 * c2`` with
-``tl.umulhi`` and a wrapping uint32 product, then ``(c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1,
+each round computes ``hi0:lo0 = 0xD2511F53 * c0`` and ``hi1:lo1 = 0xCD9E8D57 * c2`` as uint64
+products (one wide multiply each on a GPU), then ``(c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1,
 hi0 ^ c3 ^ k1, lo0)`` and bumps the key by ``(0x9E3779B9, 0xBB67AE85)``. The counters are
 
 * jump stream  ``(0, l, j, 0)``, word 0;
@@ -31,8 +31,6 @@ PHILOX_W1 = tl.constexpr(0xBB67AE85)
 PHILOX_ROUNDS = tl.constexpr(10)
 TWO_POW_M32 = tl.constexpr(2.3283064365386963e-10)  # 2**-32, exact in float32
 HALF_RANGE = tl.constexpr(0x80000000)
-# the largest Gumbel value the float32 transform reaches: -log(2**-33) = 22.87 (x = 0xFFFFFFFF)
-GUMBEL_MAX = tl.constexpr(22.875)
 
 
 @triton.jit
@@ -47,7 +45,9 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
     for _ in tl.static_range(PHILOX_ROUNDS):
         p0 = c0.to(tl.uint64) * PHILOX_M0
         p1 = c2.to(tl.uint64) * PHILOX_M1
-        c0, c1, c2, c3 = (p1 >> 32).to(tl.uint32) ^ c1 ^ k0, p1.to(tl.uint32), (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
+        hi0, lo0 = (p0 >> 32).to(tl.uint32), p0.to(tl.uint32)
+        hi1, lo1 = (p1 >> 32).to(tl.uint32), p1.to(tl.uint32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0 = k0 + PHILOX_W0
         k1 = k1 + PHILOX_W1
     return c0, c1, c2, c3

@@ -29,14 +29,16 @@ computes the log-sum-exp and the Gumbel-max; ``K`` then comes from float32 Poiss
 
 Row pass (:func:`_row_pass`)
 ----------------------------
-Tiles of ``4 GROUPS`` tokens laid out ``[GROUPS, 4]`` (``v = 4 g + lane``): one Philox call per
-group gives the four Gumbel words of its tokens, and loads are vectors of four elements (8 or 16
-bytes when the row start is 4-aligned, which the host proves and passes as ``ALIGNED``). The next
-tile is loaded before the current one is processed. Pruning keeps the float32 transform (two
-``log``, one division) off most tiles without changing any result: since ``E = -log U >= 1 - U``,
+A tile holds ``4 GROUPS`` tokens as four columns ``x_i`` of ``GROUPS`` values (token ``4 g + i``):
+one Philox call per group gives the Gumbel words of its four tokens, word ``i`` for column ``i``, so
+the noise needs no shuffling and every per-group reduction stays inside a thread. When every row
+starts on a multiple of 4 elements (the host proves it and passes ``ALIGNED``) a tile is one vector
+load (8 bytes of bf16/fp16, 16 of fp32 per group) split into columns; otherwise four strided loads.
+Two tiles are loaded ahead of the one being folded. Pruning keeps the float32 transform (two ``log``,
+one division) off most tiles without changing any result: since ``E = -log U >= 1 - U``,
 ``G <= -log((~x + 0.5) 2**-32)``, so a token can only beat the running best ``M`` if
-``~x <= 2**32 exp(-(M - y_g - margin))`` with ``y_g`` its group's largest scaled logit; a tile with
-no such token is skipped after its Philox words and one integer compare per token (``margin`` covers
+``~x <= 2**32 exp(-(M - margin - y_g))`` with ``y_g`` its group's largest scaled logit; a tile with
+no such token is skipped after its Philox words and one integer compare per group (``margin`` covers
 every float32 rounding, so skipped tokens score strictly below ``M``). NaN/+inf and all--inf rows are
 detected with a NaN-propagating running max. Tiles are visited in increasing ``v`` and replace the
 best only when strictly larger, so ties go to the lowest token id, as ``torch.argmax`` does. Logits
@@ -55,7 +57,7 @@ import triton
 import triton.language as tl
 
 from .jumps import mean_counts, score_counts, unmasks
-from .philox import GUMBEL_MAX, gumbel_from_bits, gumbel_words, jump_bits, seed_key, uniform_from_bits
+from .philox import gumbel_from_bits, gumbel_words, jump_bits, seed_key, uniform_from_bits
 
 NEG_INF = tl.constexpr(float("-inf"))
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
@@ -371,22 +373,25 @@ class SweepConfig:
     """Launch parameters of :func:`sweep`.
 
     ``block_v``: tokens per vocabulary tile (a power of two >= 4); ``num_warps``; ``target_programs``:
-    the grid size the vocabulary split aims for (mean parametrization: ``v_split`` programs share each
-    position tile until about this many programs run); ``block_l`` and ``v_split`` override the
+    the grid size aimed at (mean parametrization: ``v_split`` programs share each position tile until
+    about this many run; score parametrization, one program per position: with fewer than half as many
+    positions, programs get 4 times the warps and the tile); ``block_l`` and ``v_split`` override the
     automatic choices (tests use them to exercise every code path on small inputs)."""
 
-    block_v: int = 1024
-    num_warps: int = 4
-    target_programs: int = 528
+    block_v: int = 256
+    num_warps: int = 1
+    target_programs: int = 4224
     block_l: int | None = None
     v_split: int | None = None
 
 
 def default_config(device: torch.device) -> SweepConfig:
-    """Real tiles on a GPU (``target_programs`` = 4 per multiprocessor); small ones for the CPU interpreter."""
+    """GPU: one-warp programs over 256-token tiles (per-tile reductions stay within a warp, and small
+    tiles let pruning skip more of the Gumbel transform), about two waves of them (32 per
+    multiprocessor: registers allow 16 resident); CPU interpreter: small tiles."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return SweepConfig(block_v=1024, num_warps=4, target_programs=4 * sms)
+        return SweepConfig(block_v=256, num_warps=1, target_programs=32 * sms)
     return SweepConfig(block_v=64, num_warps=1, target_programs=4)
 
 
@@ -425,13 +430,16 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
         and (stride_l % 4 == 0 or L <= 1)
     )
     inv_t = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-    groups = cfg.block_v // 4
-    n_vtiles = triton.cdiv(V, cfg.block_v)
-    w_pad = _pow2_at_least(W)
+    num_warps, block_v = cfg.num_warps, cfg.block_v
+    if score and 2 * B * L < cfg.target_programs:  # one program per position: widen them to fill the GPU
+        num_warps, block_v = 4 * num_warps, 4 * block_v
+    groups = block_v // 4
+    n_vtiles = triton.cdiv(V, block_v)
+    w_pad = max(2, _pow2_at_least(W))  # W_PAD = 1 compiles to spilling code
     if score:
         block_l, v_split = cfg.block_l or 1, 1
     else:
-        block_l = cfg.block_l or max(1, min(16, 2048 // w_pad))
+        block_l = cfg.block_l or max(1, min(16, 256 * cfg.num_warps // w_pad))  # scan block: 8 per thread
     n_ltiles = triton.cdiv(L, block_l)
     n_tiles = B * n_ltiles
     if not score:
@@ -448,6 +456,6 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
         n_ltiles, v_split, chunk_tiles, n_vtiles,
         RULE=rule, SCORE=bool(score), ARGMAX_FINAL=bool(argmax_final), SCALE=inv_t != 1.0,
         ALIGNED=aligned, BLOCK_L=block_l, W_PAD=w_pad, GROUPS=groups,
-        num_warps=cfg.num_warps, enable_fp_fusion=False,
+        num_warps=num_warps, enable_fp_fusion=False,
     )
     return states, counts, residual, invalid

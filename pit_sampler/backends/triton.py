@@ -18,7 +18,7 @@ try:
     from ..triton_kernels import sweep as _sweep
     from ..triton_kernels import table as _table
 except ImportError:  # no Triton: register nothing
-    _sweep = None
+    pass
 else:
     INTERPRETED = isinstance(_sweep._sweep_kernel, InterpretedFunction)
 
