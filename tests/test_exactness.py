@@ -179,3 +179,19 @@ def test_memory_budget_keeps_exactness(max_rows):
     assert small.rounds >= big.rounds
     # no call evaluated more rows than the budget allows (one slice per sample is the floor)
     assert all(r.shape == (16, 4) for r in small.residuals)
+
+
+@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+def test_every_backend_pit_equals_sequential_and_the_reference(backend):
+    """Exactness through each CPU backend (reference, native when built, triton under the interpreter),
+    and every backend's tokens equal the reference backend's for the same seed."""
+    oracle = make_oracle("hmm", seed=6, num_tokens=7, length=11)
+    kw = dict(mask_id=oracle.mask_id, num_steps=32, rule="reject")
+    x = _x_init(oracle, 3, True, 1)
+    with ps.ops.use_backend("reference"):
+        expect = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=21).tokens
+    with ps.ops.use_backend(backend):
+        seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=21)
+        assert ps.ops.last_backend() == backend
+        pit = ps.PITSampler(oracle, window=6, **kw).sample(x, seed=21)
+    assert torch.equal(seq.tokens, pit.tokens) and torch.equal(seq.tokens, expect)
