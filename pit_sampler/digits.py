@@ -35,7 +35,8 @@ import os
 import torch
 from torch import Tensor
 
-LENGTH = 64
+GRID = (8, 8)
+LENGTH = GRID[0] * GRID[1]
 NUM_LEVELS = 17  # pixel values 0..16
 MASK_ID = NUM_LEVELS
 VOCAB_SIZE = NUM_LEVELS + 1

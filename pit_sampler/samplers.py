@@ -212,8 +212,10 @@ class _Sampler:
         ext = None if ext_rows is None else sweep(logits, ext_rows, ext_steps, states[-1], states)[0]
         return states, residual, invalid, ext
 
+    @torch.no_grad()
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
-        """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept)."""
+        """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept).
+        Runs under ``torch.no_grad()``: a model with trainable parameters builds no autograd graph."""
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
         device, (B, L), W = x_init.device, x_init.shape, self.window

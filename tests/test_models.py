@@ -10,6 +10,7 @@ from pit_sampler.adapters import check_batch_invariance
 from pit_sampler.models import (
     PRETRAINED,
     WEIGHTS_DIR,
+    DepthwiseConv3x3,
     MaskedDiffusionTransformer,
     load_model,
     load_pretrained,
@@ -19,11 +20,14 @@ from pit_sampler.models import (
 )
 
 V, L, MASK = 7, 12, 6
+GRID = (4, 3)
 
 
 def tiny(time_conditioned=False, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    model = MaskedDiffusionTransformer(V, L, d_model=16, n_heads=2, n_layers=2, time_conditioned=time_conditioned)
+    model = MaskedDiffusionTransformer(
+        V, L, d_model=16, n_heads=2, n_layers=2, d_ff=24, time_conditioned=time_conditioned, grid=GRID
+    )
     if time_conditioned:  # adaLN starts at zero; make t matter
         for block in model.blocks:
             torch.nn.init.normal_(block.mod.weight, std=0.3)
@@ -65,6 +69,17 @@ def test_float64_model_is_batch_invariant(time_conditioned):
         assert torch.equal(model(x[-n:], t[-n:]), full[-n:])
 
 
+def test_conv_float64_path_equals_library_conv():
+    """The fixed-order float64 evaluation of the 3x3 depthwise convolution is F.conv2d's function."""
+    conv = DepthwiseConv3x3(5, GRID).double()
+    torch.nn.init.normal_(conv.bias)
+    z = torch.randn(3, L, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    image = z.transpose(1, 2).reshape(3, 5, *GRID)
+    ref = torch.nn.functional.conv2d(image, conv.weight, conv.bias, padding=1, groups=5).flatten(2).transpose(1, 2)
+    assert torch.allclose(conv(z), ref, rtol=0, atol=1e-12)
+    assert torch.allclose(conv.float()(z.float()), ref.float(), atol=1e-5)
+
+
 def test_model_input_errors():
     model = tiny(True)
     x, t = random_states(2)
@@ -80,6 +95,8 @@ def test_model_input_errors():
         MaskedDiffusionTransformer(V, L, mask_id=V)
     with pytest.raises(ValueError, match="multiple of 2 \\* n_heads"):
         MaskedDiffusionTransformer(V, L, d_model=10, n_heads=4)
+    with pytest.raises(ValueError, match="H \\* W = length=12"):
+        MaskedDiffusionTransformer(V, L, grid=(3, 3))
 
 
 class UniformDenoiser:
@@ -134,9 +151,12 @@ def test_training_loop_smoke(tmp_path):
     from pit_sampler.train_digits import train
 
     out = tmp_path / "d.safetensors"
-    _, report = train(steps=2, batch_size=8, arch=dict(d_model=16, n_heads=2, n_layers=1), log_every=0, out=out)
+    arch = dict(d_model=16, n_heads=2, n_layers=1, grid=(8, 8))
+    model, report = train(steps=2, batch_size=8, arch=arch, log_every=0, out=out, time_conditioned=True)
     assert math.isfinite(report["final_train_loss"]) and math.isfinite(report["heldout_nelbo"])
     assert load_model(out).config["vocab_size"] == 18
+    again, _ = train(steps=2, batch_size=8, arch=arch, log_every=0, time_conditioned=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))  # fixed seed
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
