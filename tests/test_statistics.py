@@ -84,7 +84,7 @@ def all_masked(B: int, L: int, mask_id: int) -> torch.Tensor:
     return torch.full((B, L), mask_id, dtype=torch.int64)
 
 
-def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_final=False):
+def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_final=False, score=False):
     """``ops.sweep`` with W = 1: every sample performs global step ``step`` (int or ``[B]``)."""
     B = x0.shape[0]
     steps = torch.as_tensor(step, dtype=torch.int64).expand(B).reshape(1, B).contiguous()
@@ -101,7 +101,7 @@ def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_
         mask_id,
         temperature,
         tables.rule,
-        False,
+        score,
         argmax_final,
     )
 
@@ -322,21 +322,7 @@ def test_score_counts_follow_the_same_poisson_law():
     logits = row.to(torch.float32).expand(1, L, V).contiguous()
     seeds = pit_sampler.sample_seeds(4321, B)
     x0 = all_masked(B, L, mask_id)
-    states, counts, _, invalid = ops.sweep(
-        logits,
-        torch.zeros(1, B, dtype=torch.int64),
-        torch.full((1, B), j),
-        x0,
-        x0.unsqueeze(0),
-        seeds,
-        tables.cdf,
-        tables.rate,
-        mask_id,
-        1.0,
-        tables.rule,
-        True,
-        False,
-    )
+    states, counts, _, invalid = one_sweep(logits, j, x0, seeds, tables, mask_id, score=True)
     assert bool((invalid == 0).all())
     counts = counts[0].reshape(-1)
     lam = float((POISSON_TIMES[j] - POISSON_TIMES[j + 1]) * schedule.rate(t))
