@@ -18,6 +18,7 @@ two samplers produced identical tokens.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -137,6 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--{flag} must be >= 1, got {value}")
     progress = not args.no_progress
     if args.model in DIGIT_MODELS:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):  # check before sampling, not after
+            parser.error(f"--out {args.out}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from . import reference
 from .rules import RULES
+from .validation import check_int, check_temperature
 
 LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -118,13 +119,80 @@ def _run(op: str, device: torch.device) -> Backend:
     return _BACKENDS[name]
 
 
+def _check_tensor(name: str, t, dtype: torch.dtype, ndim: int) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def _check_same_device(ref: str, x: Tensor, **tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but {ref} is on {x.device}")
+
+
+def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id, rule) -> None:
+    """The arguments both ops share (``x`` is ``unmask_table``'s ``x`` or ``sweep``'s ``x0``)."""
+    _check_tensor("seeds", seeds, torch.int64, 1)
+    _check_tensor("cdf", cdf, torch.int64, 2)
+    if seeds.shape[0] != x.shape[0]:
+        raise ValueError(f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
+    if not (cdf.shape[0] >= 1 and cdf.shape[1] >= 1):
+        raise ValueError(f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
+    check_int("mask_id", mask_id, lo=0)
+    check_int("rule", rule, lo=0, hi=len(RULES))
+    _check_same_device("x", x, seeds=seeds, cdf=cdf)
+
+
+def _check_unmask_table(x, seeds, cdf, mask_id, rule) -> None:
+    _check_tensor("x", x, torch.int64, 2)
+    _check_common(x, seeds, cdf, mask_id, rule)
+
+
+def _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule) -> None:
+    """Shapes, dtypes, layouts, devices and scalars of a sweep: no data-dependent check, so this runs in
+    the op body *and* its fake kernel (compiled graphs are checked at trace time). Index values are
+    the kernels' business: a live slice whose step or row is out of range is flagged, never read."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in LOGITS_DTYPES:
+        raise TypeError(f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
+    if logits.layout != torch.strided:
+        raise TypeError(f"logits must be a dense (strided) tensor, got layout {logits.layout}")
+    for name, t, ndim in (("rows", rows, 2), ("steps", steps, 2), ("x0", x0, 2), ("prev", prev, 3)):
+        _check_tensor(name, t, torch.int64, ndim)
+    _check_common(x0, seeds, cdf, mask_id, rule)
+    B, L = x0.shape
+    W = steps.shape[0]
+    if not (logits.dim() == 3 and logits.shape[1] == L):
+        raise ValueError(f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
+    if mask_id >= logits.shape[2]:
+        raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
+    if not (tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B)):
+        raise ValueError(f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
+    if tuple(prev.shape) != (W, B, L):
+        raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
+    _check_tensor("rate", rate, torch.float32, 1)
+    if rate.shape[0] != cdf.shape[0]:
+        raise ValueError(f"rate must have shape [{cdf.shape[0]}] (one per cdf row), got {tuple(rate.shape)}")
+    check_temperature(temperature)
+    _check_same_device("x0", x0, logits=logits, rows=rows, steps=steps, prev=prev, rate=rate)
+
+
 @torch.library.custom_op("pit_sampler::unmask_table", mutates_args=())
 def _unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
+    _check_unmask_table(x, seeds, cdf, mask_id, rule)
     return _run("unmask_table", x.device).unmask_table(x, seeds, cdf, mask_id, rule)
 
 
 @_unmask_table.register_fake
 def _(x, seeds, cdf, mask_id, rule):
+    _check_unmask_table(x, seeds, cdf, mask_id, rule)
     return torch.empty_like(x, dtype=torch.int64)
 
 
@@ -143,55 +211,33 @@ def _sweep(
     rule: int,
     score: bool,
     argmax_final: bool,
+    with_counts: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
     backend = _run("sweep", x0.device)
-    return backend.sweep(
+    out = backend.sweep(  # TEMP until the kernels branch lands
         logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final
     )
+    return out if with_counts else (out[0], out[1].new_empty(0), out[2].clone(), out[3].clone())
 
 
 @_sweep.register_fake
-def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final):
+def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts):
+    _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
     W, B = steps.shape
     L = x0.shape[1]
     return (
         x0.new_empty((W, B, L)),
-        x0.new_empty((W, B, L), dtype=torch.int32),
+        x0.new_empty((W, B, L) if with_counts else (0,), dtype=torch.int32),
         x0.new_empty((W, B), dtype=torch.int32),
         x0.new_empty((W, B), dtype=torch.int32),
     )
 
 
-def _check_int64(name: str, t, ndim: int) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.int64:
-        raise TypeError(f"{name} must be int64, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-
-
-def _check_common(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> None:
-    _check_int64("seeds", seeds, 1)
-    _check_int64("cdf", cdf, 2)
-    if seeds.shape[0] != x.shape[0]:
-        raise ValueError(f"seeds must have shape [{x.shape[0]}], got {tuple(seeds.shape)}")
-    if not (cdf.shape[0] >= 1 and cdf.shape[1] >= 1):
-        raise ValueError(f"cdf must be [N + 1, K] with K >= 1, got {tuple(cdf.shape)}")
-    if not (isinstance(mask_id, int) and mask_id >= 0):
-        raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-    if not (isinstance(rule, int) and 0 <= rule < len(RULES)):
-        raise ValueError(f"rule must be an index into {RULES}, got {rule!r}")
-    for name, t in (("seeds", seeds), ("cdf", cdf)):
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-
-
 def unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
     """int64 ``[B, L]``: the step at which each masked position of ``x`` unmasks (``-1`` if not masked)."""
-    _check_int64("x", x, 2)
-    _check_common(x, seeds, cdf, mask_id, rule)
-    return torch.ops.pit_sampler.unmask_table(x, seeds, cdf, mask_id, rule)
+    _check_unmask_table(x, seeds, cdf, mask_id, rule)
+    return torch.ops.pit_sampler.unmask_table(x, seeds, cdf, int(mask_id), int(rule))
 
 
 def sweep(
@@ -208,54 +254,22 @@ def sweep(
     rule: int = 0,
     score: bool = False,
     argmax_final: bool = False,
+    with_counts: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
 
-    Shapes: ``logits [R, L, V]`` (fp32/bf16/fp16), ``rows``/``steps`` int64 ``[W, B]``, ``x0`` int64
-    ``[B, L]``, ``prev`` int64 ``[W, B, L]``, ``seeds`` int64 ``[B]``, ``cdf`` int64 ``[N + 1, K]``,
-    ``rate`` float32 ``[N + 1]``. See :mod:`pit_sampler.reference` for the semantics. Only shapes,
-    dtypes and devices are checked here (no data-dependent checks, so this traces without breaks).
+    Shapes: ``logits [R, L, V]`` (fp32/bf16/fp16, any strides), ``rows``/``steps`` int64 ``[W, B]``,
+    ``x0`` int64 ``[B, L]``, ``prev`` int64 ``[W, B, L]``, ``seeds`` int64 ``[B]``, ``cdf`` int64
+    ``[N + 1, K]``, ``rate`` float32 ``[N + 1]``. ``temperature = 0`` is greedy. ``counts`` is
+    ``int32 [W, B, L]`` with ``with_counts``, else empty (``[0]``: nothing written). ``invalid[w, b]``
+    counts rows that hold NaN/+inf (or only -inf) after the ``1/T`` scaling, and is ``-1`` for a live
+    slice whose step or row index is out of range (nothing read). See :mod:`pit_sampler.reference`.
+    Only shapes, dtypes, devices and scalars are checked (nothing data-dependent: traces without breaks).
     """
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in LOGITS_DTYPES:
-        raise TypeError(f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
-    _check_int64("rows", rows, 2)
-    _check_int64("steps", steps, 2)
-    _check_int64("x0", x0, 2)
-    _check_int64("prev", prev, 3)
-    _check_common(x0, seeds, cdf, mask_id, rule)
-    B, L = x0.shape
-    W = steps.shape[0]
-    if not (logits.dim() == 3 and logits.shape[1] == L):
-        raise ValueError(f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
-    if mask_id >= logits.shape[2]:
-        raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
-    if not (tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B)):
-        raise ValueError(f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
-    if tuple(prev.shape) != (W, B, L):
-        raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
-    if not (isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],)):
-        raise TypeError(f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    for name, t in (("logits", logits), ("rows", rows), ("steps", steps), ("prev", prev), ("rate", rate)):
-        if t.device != x0.device:
-            raise ValueError(f"{name} is on {t.device} but x0 is on {x0.device}")
+    _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
     return torch.ops.pit_sampler.sweep(
-        logits,
-        rows,
-        steps,
-        x0,
-        prev,
-        seeds,
-        cdf,
-        rate,
-        mask_id,
-        float(temperature),
-        rule,
-        bool(score),
-        bool(argmax_final),
+        logits, rows, steps, x0, prev, seeds, cdf, rate, int(mask_id), check_temperature(temperature), int(rule),
+        bool(score), bool(argmax_final), bool(with_counts),
     )
 
 

@@ -59,43 +59,65 @@ def _thresholds(cdf_values: torch.Tensor) -> torch.Tensor:
     return t.clamp(0, UNREACHABLE).to(torch.int64)
 
 
-def _poisson_thresholds(lam: torch.Tensor) -> list[torch.Tensor]:
-    rows = []
-    for lam_j in lam.tolist():
-        p, f, ks = pow(2.718281828459045, -lam_j), 0.0, []
-        k = 0
-        while True:
-            f += p
-            t = _thresholds(torch.tensor(min(f, 1.0), dtype=torch.float64))
-            if t >= UNREACHABLE:
-                break
-            ks.append(int(t))
-            k += 1
-            p *= lam_j / k
-            if p == 0.0:  # the CDF stopped moving below 1 (lambda tiny): the rest is unreachable
-                break
-        rows.append(torch.tensor(ks, dtype=torch.int64))
-    return rows
+def _poisson_thresholds(lam: torch.Tensor) -> torch.Tensor:
+    """int64 ``[N, K]``: thresholds of ``F_j(k)`` for ``k = 0, 1, ...`` per step, ``UNREACHABLE``-padded.
+
+    Vectorised over steps (one pass per ``k``, float64): ``p_0 = exp(-lambda)``,
+    ``p_k = p_{k-1} lambda / k``, ``F(k) = F(k - 1) + p_k``; a step's row ends at the first ``k`` whose
+    threshold is unreachable (``F(k)`` rounds to 1 at 32 bits) or once ``p_k`` underflows to 0.
+    """
+    p = torch.exp(-lam)
+    f = torch.zeros_like(lam)
+    active = torch.ones_like(lam, dtype=torch.bool)
+    columns, k = [], 0
+    while bool(active.any()):
+        f = f + p
+        t = _thresholds(f.clamp(max=1.0))
+        active &= t < UNREACHABLE
+        if not bool(active.any()):
+            break
+        columns.append(torch.where(active, t, UNREACHABLE))
+        k += 1
+        p = p * lam / k
+        active &= p != 0.0
+    if not columns:
+        return torch.full((len(lam), 1), UNREACHABLE, dtype=torch.int64)
+    return torch.stack(columns, 1)
+
+
+def _check_schedule(schedule: Schedule, times: torch.Tensor) -> None:
+    """Reject grids on which the tables cannot be computed accurately (a clear message, never a hang)."""
+    masked = schedule.masked(times)
+    if not bool(torch.isfinite(masked).all() and (masked > 0).all() and (masked <= 1).all()):
+        raise ValueError(
+            f"schedule {schedule!r}: 1 - alpha(t) must lie in (0, 1] on the grid, got "
+            f"{float(masked.min()):.3g}..{float(masked.max()):.3g} (t_min={float(times[-1]):.3g} too small?)"
+        )
+    if not bool((masked[1:] <= masked[:-1]).all()):
+        raise ValueError(f"schedule {schedule!r}: alpha(t) must decrease in t (1 - alpha must grow with t)")
+    rate = schedule.rate(times[:-1])
+    if not bool(torch.isfinite(rate).all() and (rate >= 0).all()):
+        raise ValueError(
+            f"schedule {schedule!r}: the rate r(t) is not finite and >= 0 on the grid (t_min={float(times[-1]):.3g} too small?)"
+        )
 
 
 def step_tables(schedule: Schedule, times: torch.Tensor, rule: str) -> StepTables:
     """Integer thresholds and score rates for the grid ``times`` (float64 ``[N + 1]``)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    _check_schedule(schedule, times)
     t_now, t_next = times[:-1], times[1:]
-    alpha_now, alpha_next = schedule.alpha(t_now), schedule.alpha(t_next)
     if rule == "tweedie":
-        p = ((alpha_next - alpha_now) / (1.0 - alpha_now)).clamp(0.0, 1.0)
-        rows = [t.reshape(1) for t in _thresholds(1.0 - p)]
-        score_rate = alpha_next / alpha_now - 1.0
+        p = ((schedule.masked(t_now) - schedule.masked(t_next)) / schedule.masked(t_now)).clamp(0.0, 1.0)
+        steps = _thresholds(1.0 - p).unsqueeze(1)
+        score_rate = schedule.alpha(t_next) / schedule.alpha(t_now) - 1.0
     else:
         lam = (t_now - t_next) * schedule.rate(t_now)
-        rows = _poisson_thresholds(lam)
+        steps = _poisson_thresholds(lam)
         score_rate = (t_now - t_next) * schedule.sigma(t_now)
-    rows.append(torch.zeros(1, dtype=torch.int64))  # final fill: K = 1 for every masked position
-    width = max(1, max(len(r) for r in rows))
-    cdf = torch.full((len(rows), width), UNREACHABLE, dtype=torch.int64)
-    for j, r in enumerate(rows):
-        cdf[j, : len(r)] = r
+    final = torch.full((1, steps.shape[1]), UNREACHABLE, dtype=torch.int64)
+    final[0, 0] = 0  # final fill: K = 1 for every masked position
+    cdf = torch.cat([steps, final])
     rate = torch.cat([score_rate, torch.zeros(1, dtype=torch.float64)])
     return StepTables(cdf, rate.to(torch.float32), RULES.index(rule))

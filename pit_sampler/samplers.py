@@ -30,6 +30,7 @@ from . import ops
 from .noise import sample_seeds
 from .rules import RULES, step_tables
 from .schedules import GRIDS, Schedule, get_schedule, time_grid
+from .validation import check_dense_tensor, check_temperature, is_int, is_real
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -48,13 +49,8 @@ class SampleResult:
     exact: bool = True
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 class _Sampler:
     window = 1
-    max_rows = None
 
     def __init__(
         self,
@@ -72,14 +68,15 @@ class _Sampler:
         temperature: float = 1.0,
         skip_inactive: bool | None = None,
         vocab_size: int | None = None,
+        max_rows: int | None = None,
         progress: bool = False,
         compile: bool = False,
     ):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        if not (_is_int(mask_id) and mask_id >= 0):
+        if not (is_int(mask_id) and mask_id >= 0):
             raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-        if not (_is_int(num_steps) and num_steps >= 1):
+        if not (is_int(num_steps) and num_steps >= 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -89,17 +86,19 @@ class _Sampler:
             raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
         if parametrization not in ("mean", "score"):
             raise ValueError(f"parametrization must be 'mean' or 'score', got {parametrization!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        temperature = check_temperature(temperature)
         score = parametrization == "score"
         if skip_inactive is None:
             skip_inactive = not score
         if score and skip_inactive:
             raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
-        if not (vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id)):
+        if not (vocab_size is None or (is_int(vocab_size) and vocab_size > mask_id)):
             raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
+        if not (max_rows is None or (is_int(max_rows) and max_rows >= 1)):
+            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
         self.denoiser = denoiser
-        self.mask_id, self.num_steps, self.rule, self.final = mask_id, num_steps, rule, final
+        self.mask_id, self.num_steps, self.rule, self.final = int(mask_id), int(num_steps), rule, final
+        self.max_rows = None if max_rows is None else int(max_rows)
         self.schedule = get_schedule(schedule)
         self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
         self.tables = step_tables(self.schedule, self.times, rule)
@@ -110,7 +109,7 @@ class _Sampler:
                 )
         self.parametrization, self.score = parametrization, score
         self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
-        self.vocab_size, self.progress = vocab_size, progress
+        self.vocab_size, self.progress = None if vocab_size is None else int(vocab_size), progress
         self.rule_id = self.tables.rule
         self._step = torch.compile(self.step, fullgraph=True) if compile else self.step
 
@@ -123,8 +122,7 @@ class _Sampler:
 
     # -- the shared loop ------------------------------------------------------------------------
     def _check_x_init(self, x_init) -> None:
-        if not isinstance(x_init, Tensor):
-            raise TypeError(f"x_init must be a torch.Tensor, got {type(x_init).__name__}")
+        check_dense_tensor("x_init", x_init)
         if x_init.is_floating_point() or x_init.is_complex() or x_init.dtype == torch.bool:
             raise TypeError(f"x_init must hold integer token ids, got {x_init.dtype}")
         if x_init.dim() != 2:
@@ -140,40 +138,49 @@ class _Sampler:
             if top >= self.vocab_size:
                 raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
 
-    def _checked_top_token(self, x_init: Tensor, times: Tensor) -> int:
-        """The largest prompt token id, checked against the vocabulary before the model sees it.
+    def _probe_vocab(self, x_init: Tensor, times: Tensor) -> tuple[int, int | None]:
+        """``(top, V)``: the largest prompt token id, and the vocabulary size if it had to be learned.
 
-        Without ``vocab_size``, a prompt (non-mask tokens) costs one extra all-mask denoiser row to
-        learn ``V``, so an out-of-range id is reported here rather than crashing inside the model.
+        Without ``vocab_size``, a prompt (non-mask tokens) costs one all-mask denoiser row (counted in
+        ``rounds`` and ``nfe``) to learn ``V``, so an out-of-range id is reported here rather than
+        crashing inside the model. ``V`` is ``None`` when no probe was needed.
         """
         prompt = x_init != self.mask_id
-        top = int(x_init[prompt].max()) if bool(prompt.any()) else 0
-        if self.vocab_size is None and bool(prompt.any()):
-            probe = self.denoiser(torch.full_like(x_init[:1], self.mask_id), times[:1])
-            if isinstance(probe, Tensor) and probe.dim() == 3:
-                if top >= probe.shape[2]:
-                    raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={probe.shape[2]}")
-        return top
+        if not bool(prompt.any()):
+            return 0, None
+        top = int(x_init[prompt].max())
+        if self.vocab_size is not None:
+            return top, None
+        probe = self.denoiser(torch.full_like(x_init[:1], self.mask_id), times[:1])
+        if not (isinstance(probe, Tensor) and probe.dim() == 3):
+            return top, None  # _check_logits reports it on the first real call
+        if top >= probe.shape[2]:
+            raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={probe.shape[2]}")
+        return top, probe.shape[2]
 
-    def _plan(self, x: Tensor, seeds: Tensor, tables) -> Tensor:
-        """int64 ``[B, S]``: each sample's steps in order, padded with -1."""
+    def _plan(self, x: Tensor, seeds: Tensor, tables) -> tuple[Tensor, Tensor]:
+        """``(plan, total)``: int64 ``[B, S]``, each sample's steps in increasing order (entries past
+        ``total[b]`` are padding), and int64 ``[B]``, how many steps each sample must perform.
+
+        With skip-inactive, the distinct steps of the unmask table's row (at most ``L + 1`` per
+        sample, found by sorting the ``[B, L]`` table, so memory never scales with ``N``); otherwise
+        every step ``0..N`` for a sample with a masked position (a broadcast view: no ``[B, N]`` copy).
+        """
         B, N = x.shape[0], self.num_steps
-        masked = x == self.mask_id
-        if self.skip_inactive:
-            table = ops.unmask_table(x, seeds, tables.cdf, self.mask_id, tables.rule)
-            present = torch.zeros((B, N + 2), dtype=torch.bool, device=x.device)
-            present.scatter_(1, torch.where(table >= 0, table, N + 1), True)
-            present = present[:, : N + 1]
-        else:
-            present = masked.any(1, keepdim=True).expand(B, N + 1)
-        counts = present.sum(1)
-        order = torch.where(present, torch.arange(N + 1, device=x.device), N + 1).sort(1).values
-        width = max(1, int(counts.max()))
-        plan = order[:, :width]
-        return torch.where(plan <= N, plan, -1)
+        if not self.skip_inactive:
+            total = torch.where((x == self.mask_id).any(1), N + 1, 0)
+            return torch.arange(N + 1, device=x.device).expand(B, N + 1), total
+        table = ops.unmask_table(x, seeds, tables.cdf, self.mask_id, tables.rule).sort(1).values
+        first = torch.ones_like(table, dtype=torch.bool)
+        first[:, 1:] = table[:, 1:] != table[:, :-1]
+        keep = first & (table >= 0)
+        total = keep.sum(1)
+        plan = torch.where(keep, table, N + 1).sort(1).values[:, : max(1, int(total.max()))]
+        return plan, total
 
-    def _check_logits(self, logits, xs: Tensor, top_token: int) -> None:
-        """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled step)."""
+    def _check_logits(self, logits, xs: Tensor, top_token: int, vocab: int | None) -> None:
+        """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled step).
+        ``vocab``: the vocabulary size this run's first call (or probe) returned."""
         R, L = xs.shape
         if not isinstance(logits, Tensor):
             raise TypeError(f"denoiser must return a torch.Tensor, got {type(logits).__name__}")
@@ -184,6 +191,8 @@ class _Sampler:
         V = logits.shape[2]
         if not (self.vocab_size is None or V == self.vocab_size):
             raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
+        if not (vocab is None or V == vocab):
+            raise ValueError(f"denoiser returned vocab size V={V}, but it returned V={vocab} earlier in this run")
         if self.mask_id >= V:
             raise ValueError(f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
         if top_token >= V:
@@ -191,9 +200,10 @@ class _Sampler:
         if logits.device != xs.device:
             raise ValueError(f"denoiser returned logits on {logits.device}, expected {xs.device}")
 
-    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int, ext_rows=None, ext_steps=None):
+    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int, vocab: int | None = None,
+             ext_rows=None, ext_steps=None):
         """One iteration: the batched denoiser call on the window rows ``xs [R, L]`` at times ``ts [R]``,
-        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B], ext)``.
+        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B], ext, V)``.
 
         With ``ext_rows``/``ext_steps`` (``[W, B]``), a second sweep continues from the window's last
         state over the next planned steps, reusing each sample's last logits row: no extra denoiser
@@ -203,41 +213,65 @@ class _Sampler:
         logits = self.denoiser(xs, ts)
         if isinstance(logits, Tensor) and logits.dtype == torch.float64:
             logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
-        self._check_logits(logits, xs, top_token)
+        self._check_logits(logits, xs, top_token, vocab)
         sweep = functools.partial(
             ops.sweep, seeds=seeds, cdf=cdf, rate=rate, mask_id=self.mask_id, temperature=self.temperature,
             rule=self.rule_id, score=self.score, argmax_final=self.final == "argmax",
         )
         states, _, residual, invalid = sweep(logits, rows, steps, x0, prev)
         ext = None if ext_rows is None else sweep(logits, ext_rows, ext_steps, states[-1], states)[0]
-        return states, residual, invalid, ext
+        return states, residual, invalid, ext, logits.shape[2]
+
+    def _raise_invalid(self, invalid: Tensor, accepted: Tensor, steps: Tensor) -> None:
+        """Raise for an invalid row on a slice the run keeps (``accepted [W, B]``); rows of slices that are
+        discarded ran on guessed states the sequential chain may never visit, and may be anything."""
+        bad = (invalid != 0) & accepted
+        if bool(bad.any()):
+            w, b = bad.nonzero()[0].tolist()
+            if int(invalid[w, b]) < 0:
+                raise RuntimeError(f"internal error: the sweep flagged an out-of-range step or row (sample {b})")
+            raise ValueError(
+                f"denoiser returned NaN/inf logits (or only -inf) on a row being sampled: sample {b}, step {int(steps[w, b])}"
+            )
+
+    def _live_slices(self, pos: Tensor, total: Tensor, offsets: Tensor) -> Tensor:
+        """``[W, B]``: the slices evaluated this round. With ``max_rows``, a hard cap on rows per call: at
+        most ``max_rows`` unfinished samples (lowest index first) take part, each with
+        ``max(1, max_rows // participants)`` slices; the others wait for a later round."""
+        live = (pos.unsqueeze(0) + offsets.unsqueeze(1)) < total.unsqueeze(0)
+        if self.max_rows is None:
+            return live
+        unfinished = pos < total
+        chosen = unfinished & (unfinished.cumsum(0) <= self.max_rows)
+        fit = max(1, self.max_rows // max(1, int(chosen.sum())))
+        return live & chosen.unsqueeze(0) & (offsets.unsqueeze(1) < fit)
 
     @torch.no_grad()
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
         """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept).
-        Runs under ``torch.no_grad()``: a model with trainable parameters builds no autograd graph."""
+
+        ``seed``: an int in ``[-2**63, 2**64)`` (its 64 bits key the noise; per-sample seeds are derived
+        from it and the slot) or an int64 tensor ``[B]`` of per-sample seeds. Runs under
+        ``torch.no_grad()``: a model with trainable parameters builds no autograd graph."""
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
-        device, (B, L), W = x_init.device, x_init.shape, self.window
-        seeds = sample_seeds(seed, B, device)
+        device, (B, L) = x_init.device, x_init.shape
+        seeds = sample_seeds(_checked_seed(seed, B), B, device)
         tables = self.tables.to(device)
         times = self.times.to(device=device, dtype=torch.float32)
-        plan = self._plan(x_init, seeds, tables)
-        total = (plan >= 0).sum(1)
+        plan, total = self._plan(x_init, seeds, tables)
         S = plan.shape[1]
+        W = min(self.window, S)  # a window never needs more slots than the longest plan has steps
         pos = torch.zeros(B, dtype=torch.int64, device=device)
         iters_here = torch.zeros(B, dtype=torch.int64, device=device)
         window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
         offsets = torch.arange(W, device=device)
-        residuals, rounds, rows_evaluated = [], 0, 0
-        top_token = self._checked_top_token(x_init, times)
+        top_token, vocab = self._probe_vocab(x_init, times)
+        residuals, rounds, rows_evaluated = [], int(vocab is not None), int(vocab is not None)
         bar = _progress(self.progress, int(total.max()), type(self).__name__)
         while bool((pos < total).any()):
             idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
-            live = idx < total.unsqueeze(0)
-            if self.max_rows is not None:  # memory budget: shrink every window to fit max_rows rows
-                fit = max(1, self.max_rows // max(1, int(live[0].sum())))
-                live &= offsets.unsqueeze(1) < fit
+            live = self._live_slices(pos, total, offsets)
             steps = torch.where(live, plan.gather(1, idx.clamp(max=S - 1).T).T, -1)
             w_idx, b_idx = live.nonzero(as_tuple=True)
             rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
@@ -250,33 +284,45 @@ class _Sampler:
                 ext_steps = torch.where(ext_live, plan.gather(1, ext_idx.clamp(max=S - 1).T).T, -1)
                 last_row = rows.gather(0, (n_live - 1).clamp(min=0).unsqueeze(0))
                 ext_rows = torch.where(ext_live, last_row, -1)
-            states, residual, invalid, ext = self._step(
+            states, residual, invalid, ext, vocab = self._step(
                 window[w_idx, b_idx], times[steps[w_idx, b_idx]], rows, steps, window[0], window[1:], seeds,
-                tables.cdf, tables.rate, top_token, ext_rows, ext_steps,
+                tables.cdf, tables.rate, top_token, vocab, ext_rows, ext_steps,
             )
-            if bool(invalid.any()):
-                w, b = invalid.nonzero()[0].tolist()
-                raise ValueError(
-                    f"denoiser returned NaN/inf logits (or only -inf) on a row being sampled: sample {b}, step {int(steps[w, b])}"
-                )
             rounds += 1
             rows_evaluated += len(w_idx)
             residuals.append(residual)
-            iters_here += 1
+            iters_here += live[0]
             accept = self._accept(residual, live, iters_here, L)
+            self._raise_invalid(invalid, offsets.unsqueeze(1) < accept.unsqueeze(0), steps)
             # seq[k]: the state after k steps from the window's start: x0, the live slices, then ext
             k = accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)
             full = torch.cat([window[:1], states] + ([ext] if ext is not None else []))
             k = torch.where(k <= n_live, k, W + k - n_live).clamp(max=full.shape[0] - 1)
-            window = full.gather(0, k.unsqueeze(-1).expand(W + 1, B, L))
+            slid = full.gather(0, k.unsqueeze(-1).expand(W + 1, B, L))
+            window = torch.where((n_live > 0).view(1, B, 1), slid, window)  # waiting samples keep their iterate
             pos += accept
             iters_here = torch.where(accept > 0, 0, iters_here)
             if self.progress:
                 bar.update(int(pos.clamp(max=total).max()) - bar.n)
         bar.close()
         tokens = window[0]
-        assert not bool((tokens == self.mask_id).any()), "internal error: a mask survived the final fill"
+        if bool((tokens == self.mask_id).any()):
+            raise RuntimeError("internal error: a mask survived the final fill")
         return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact)
+
+
+def _checked_seed(seed, batch: int):
+    """``seed`` as ``sample_seeds`` takes it: an int in int64 range (``[2**63, 2**64)`` is wrapped to
+    the same 64 bits), or a dense int64 tensor ``[batch]``; numpy integers are welcome."""
+    if isinstance(seed, Tensor):
+        check_dense_tensor("seed", seed)
+        return seed
+    if not is_int(seed):
+        raise TypeError(f"seed must be an int or an int64 tensor [B], got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64) (64 bits), got {seed}")
+    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def _progress(enabled: bool, total: int, name: str):
@@ -288,7 +334,8 @@ def _progress(enabled: bool, total: int, name: str):
 
 class TauLeapingSampler(_Sampler):
     """Sequential tau-leaping (one denoiser call per round; with skip-inactive, each unfinished
-    sample at its own next active step). ``sample(x_init, seed)`` returns a :class:`SampleResult`."""
+    sample at its own next active step). ``sample(x_init, seed)`` returns a :class:`SampleResult`.
+    ``max_rows`` caps the rows of a call: then at most ``max_rows`` samples advance per round."""
 
 
 class PITSampler(_Sampler):
@@ -300,9 +347,10 @@ class PITSampler(_Sampler):
     ``max_iters`` iterations per block of ``window`` steps (exact only if ``max_iters >= window``
     or the block converged earlier, which ends it early).
 
-    ``max_rows`` caps the rows of one denoiser call (a memory budget: logits are ``rows x L x V``):
-    each iteration's windows shrink to ``max(1, max_rows // unfinished samples)`` slices. Exactness
-    is unaffected; fewer slices per call means more rounds.
+    ``max_rows`` (both samplers) is a hard cap on the rows of one denoiser call (a memory budget:
+    logits are ``rows x L x V``): at most ``max_rows`` unfinished samples take part in a round, each
+    window shrunk to ``max(1, max_rows // participants)`` slices; the other samples wait for a later
+    round (``rounds`` counts calls). Exactness is unaffected; fewer rows per call means more rounds.
     """
 
     def __init__(
@@ -313,25 +361,22 @@ class PITSampler(_Sampler):
         max_iters: int | None = None,
         tol: float = 0.0,
         mode: str = "exact",
-        max_rows: int | None = None,
         **kwargs,
     ):
         super().__init__(denoiser, **kwargs)
-        if not (_is_int(window) and window >= 1):
+        if not (is_int(window) and window >= 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if mode not in ("exact", "fixed"):
             raise ValueError(f"mode must be 'exact' or 'fixed', got {mode!r}")
-        if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+        if not (is_real(tol) and 0.0 <= tol < 1.0):
             raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
         if mode == "fixed":
-            if not (_is_int(max_iters) and max_iters >= 1):
+            if not (is_int(max_iters) and max_iters >= 1):
                 raise ValueError(f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
         else:
             if max_iters is not None:
                 raise ValueError("max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
-        if not (max_rows is None or (_is_int(max_rows) and max_rows >= 1)):
-            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
-        self.window, self.max_iters, self.tol, self.mode, self.max_rows = window, max_iters, float(tol), mode, max_rows
+        self.window, self.max_iters, self.tol, self.mode = int(window), max_iters, float(tol), mode
         self.exact = tol == 0.0 and (mode == "exact" or max_iters >= window)
 
     def _accept(self, residual, live, iters_here, length):

@@ -30,6 +30,13 @@ def test_demo_digits(tmp_path, capsys):
     assert "rounds ratio" in text and "confidence" in text and "precision" in text and "NN distance" in text
 
 
+def test_demo_checks_the_output_folder_before_sampling(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--batch", "2", "--steps", "8", "--out", str(tmp_path / "missing" / "x.png"), "--no-progress"])
+    err = capsys.readouterr()
+    assert "does not exist" in err.err and "rounds" not in err.out  # nothing was sampled
+
+
 @pytest.mark.parametrize("model", ["mixture", "hmm", "independent"])
 def test_demo_oracles(model, capsys):
     res = main(["demo", "--model", model, "--batch", "16", "--steps", "32", "--window", "8", "--no-progress"])

@@ -43,7 +43,11 @@ def make(cls=ps.TauLeapingSampler, fn=denoiser, **kw):
         (dict(schedule="sqrt"), "schedule"),
         (dict(final="mode"), "final"),
         (dict(parametrization="velocity"), "parametrization"),
-        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=1e-40), "temperature"),  # float32(1/T) is inf
+        (dict(temperature=1e39), "temperature"),  # float32(T) is inf, 1/T is 0
         (dict(parametrization="score", skip_inactive=True), "skip_inactive"),
         (dict(parametrization="score", schedule="linear"), "score rate"),
         (dict(vocab_size=MASK), "vocab_size"),
@@ -61,6 +65,86 @@ def test_bad_constructor_arguments(cls, kwargs, match):
 def test_bad_pit_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make(ps.PITSampler, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [ps.TauLeapingSampler, ps.PITSampler])
+def test_bools_are_not_numbers(cls):
+    for kwargs in (dict(temperature=True), dict(mask_id=True), dict(num_steps=True)):
+        with pytest.raises((TypeError, ValueError), match=next(iter(kwargs))):
+            make(cls, **kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    a = make(ps.PITSampler, mask_id=np.int64(MASK), num_steps=np.int32(8), temperature=np.float32(0.5),
+             window=np.int64(4)).sample(masked(), seed=np.int64(7))
+    b = make(ps.PITSampler, temperature=0.5).sample(masked(), seed=7)
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_seed_range():
+    s = make()
+    a = s.sample(masked(), seed=2**64 - 1)  # 64 bits: the same key as -1
+    b = s.sample(masked(), seed=-1)
+    assert torch.equal(a.tokens, b.tokens)
+    for bad in (2**64, -(2**63) - 1):
+        with pytest.raises(ValueError, match="seed"):
+            s.sample(masked(), seed=bad)
+    with pytest.raises(TypeError, match="seed"):
+        s.sample(masked(), seed=True)
+
+
+def test_meta_and_sparse_inputs_get_clear_errors():
+    s = make()
+    with pytest.raises(ValueError, match="x_init is on the meta device"):
+        s.sample(masked().to("meta"))
+    with pytest.raises(TypeError, match="x_init must be a dense"):
+        s.sample(masked().to_sparse())
+    with pytest.raises(ValueError, match="seed is on the meta device"):
+        s.sample(masked(), seed=torch.arange(2).to("meta"))
+    with pytest.raises(TypeError, match="seed must be a dense"):
+        s.sample(masked(), seed=torch.arange(2).to_sparse())
+
+
+@pytest.mark.parametrize("cls", [ps.TauLeapingSampler, ps.PITSampler])
+def test_vocab_size_change_between_calls_is_an_error(cls):
+    sizes = iter([V] + [V + 3] * 100)
+
+    def growing(x, t):  # V = 6 on the first call, 9 after: tokens >= 6 would be out of range
+        n = next(sizes)
+        return torch.randn(x.shape[0], x.shape[1], n, generator=torch.Generator().manual_seed(x.shape[0]))
+
+    with pytest.raises(ValueError, match="returned V=6 earlier"):
+        make(cls, fn=growing, num_steps=64).sample(masked(4))
+
+
+def test_vocabulary_probe_is_counted():
+    calls = []
+
+    def recorded(x, t):
+        calls.append(x.shape[0])
+        return denoiser(x, t)
+
+    x = masked()
+    x[:, 0] = 2  # a prompt: V is learned with one extra row before the model sees prompt ids
+    for cls in (ps.TauLeapingSampler, ps.PITSampler):
+        calls.clear()
+        out = make(cls, fn=recorded).sample(x)
+        assert out.rounds == len(calls) and out.nfe * x.shape[0] == sum(calls)
+        assert calls[0] == 1
+
+
+def test_a_mask_left_after_the_final_fill_raises_even_under_python_O(monkeypatch):
+    """The guard is a real exception (a bare ``assert`` vanishes under ``python -O``)."""
+    real = ops.sweep
+
+    def never_unmasks(logits, rows, steps, x0, prev, *args, **kwargs):
+        states, counts, residual, invalid = real(logits, rows, steps, x0, prev, *args, **kwargs)
+        return x0.expand_as(states).clone(), counts, (x0.expand_as(states) != prev).sum(-1, dtype=torch.int32), invalid
+
+    monkeypatch.setattr(ps.samplers.ops, "sweep", never_unmasks)
+    with pytest.raises(RuntimeError, match="a mask survived"):
+        make().sample(masked())
 
 
 def test_denoiser_must_be_callable():
@@ -177,7 +261,14 @@ def _sweep_args(W=2, B=3, R=None, Vv=V):
         (dict(rate=torch.zeros(5, dtype=torch.float64)), TypeError, "rate"),
         (dict(mask_id=-2), ValueError, "mask_id"),
         (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(temperature=float("nan")), ValueError, "temperature"),
+        (dict(temperature=1e-40), ValueError, "temperature"),
+        (dict(temperature=True), TypeError, "temperature"),
         (dict(rule=3), ValueError, "rule"),
+        (dict(rule=True), TypeError, "rule"),
+        (dict(mask_id=True), TypeError, "mask_id"),
+        (dict(cdf=torch.zeros(5, 2, dtype=torch.float64)), TypeError, "cdf"),
+        (dict(logits=torch.randn(6, L, V).to_sparse()), TypeError, "logits"),
     ],
 )
 def test_sweep_op_validates(change, exc, match):
@@ -185,6 +276,39 @@ def test_sweep_op_validates(change, exc, match):
     args.update(change)
     with pytest.raises(exc, match=match):
         ops.sweep(**args)
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (dict(seeds=torch.arange(2)), ValueError, "seeds"),  # shorter than B: Triton read out of bounds
+        (dict(cdf=torch.zeros(5, 2, dtype=torch.float64)), TypeError, "cdf"),
+        (dict(rule=9), ValueError, "rule"),
+        (dict(mask_id=V), ValueError, "mask_id"),
+        (dict(rate=torch.zeros(3)), ValueError, "rate"),
+        (dict(temperature=float("inf")), ValueError, "temperature"),
+    ],
+)
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_the_raw_op_validates_for_every_backend(change, exc, match, backend):
+    """``torch.ops.pit_sampler.sweep`` (what compiled graphs call) checks its arguments itself."""
+    args = _sweep_args()
+    args.update(change)
+    order = ("logits", "rows", "steps", "x0", "prev", "seeds", "cdf", "rate", "mask_id")
+    scalars = (args.get("temperature", 1.0), args.get("rule", 0), False, False, False)
+    with ops.use_backend(backend), pytest.raises(exc, match=match):
+        torch.ops.pit_sampler.sweep(*(args[k] for k in order), *scalars)
+
+
+def test_the_raw_unmask_table_op_validates():
+    tab = step_tables(ps.LogLinear(), ps.time_grid(4), "reject")
+    x = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="seeds"):
+        torch.ops.pit_sampler.unmask_table(x, torch.arange(1), tab.cdf, MASK, 0)
+    with pytest.raises(TypeError, match="cdf"):
+        torch.ops.pit_sampler.unmask_table(x, torch.arange(2), tab.cdf.double(), MASK, 0)
+    with pytest.raises(ValueError, match="rule"):
+        torch.ops.pit_sampler.unmask_table(x, torch.arange(2), tab.cdf, MASK, 9)
 
 
 def test_unmask_table_validates():

@@ -20,7 +20,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ["reference"] + (["triton"] if "triton" in ops.available_backends(DEVICE) else [])
 
 
-def _sweep_args(score: bool, seed: int = 0):
+def _sweep_args(score: bool, seed: int = 0, with_counts: bool = True):
     g = torch.Generator().manual_seed(seed)
     B, L, V, W, N, mask_id = 2, 3, 7, 2, 5, 6
     tables = step_tables(get_schedule("cosine"), time_grid(N), "first")
@@ -31,15 +31,16 @@ def _sweep_args(score: bool, seed: int = 0):
     logits = torch.randn(3, L, V, generator=g)
     rate = torch.full((N + 1,), 0.05, dtype=torch.float32)
     args = (logits, rows, steps, x0, x0.expand(W, B, L).clone(), noise.sample_seeds(seed, B), tables.cdf,
-            rate if score else tables.rate, mask_id, 1.0, RULES.index("first"), score, False)
+            rate if score else tables.rate, mask_id, 1.0, RULES.index("first"), score, False, with_counts)
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("score", [False, True])
-def test_opcheck_sweep(backend, score):
+@pytest.mark.parametrize("with_counts", [False, True])
+def test_opcheck_sweep(backend, score, with_counts):
     with ops.use_backend(backend):
-        torch.library.opcheck(torch.ops.pit_sampler.sweep.default, _sweep_args(score))
+        torch.library.opcheck(torch.ops.pit_sampler.sweep.default, _sweep_args(score, with_counts=with_counts))
     assert ops.last_backend("sweep") == backend
 
 

@@ -6,6 +6,7 @@ import torch
 
 import pit_sampler as ps
 from pit_sampler.rules import FIRST, REJECT, TWEEDIE, UNREACHABLE, step_tables
+from pit_sampler.schedules import Schedule, get_schedule, time_grid
 
 SCHEDULES = [ps.LogLinear(), ps.LogLinear(eps=0.05), ps.Linear(), ps.Cosine()]
 
@@ -107,3 +108,89 @@ def test_score_rates():
     expect = (times[:-1] - times[1:]) * sched.sigma(times[:-1])
     torch.testing.assert_close(tab.rate[:-1], expect.float())
     assert tab.rate.dtype == torch.float32
+
+
+class _alarm:
+    """Turn a hang into a test failure (SIGALRM; the loops it guards are interruptible Python)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+
+        def fail(*_):
+            raise TimeoutError(f"did not finish in {self.seconds} s")
+
+        self.previous = signal.signal(signal.SIGALRM, fail)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "linear", "cosine"])
+@pytest.mark.parametrize("rule", ["reject", "first", "tweedie"])
+@pytest.mark.parametrize("t_min", [5e-9, 1e-17, 1e-300])
+def test_tiny_t_min_neither_hangs_nor_corrupts_the_tables(schedule, rule, t_min):
+    """Used to hang (1 - alpha rounded to 0, rate inf, p = 0 * inf = NaN) or give -2**63 thresholds."""
+    with _alarm(30):
+        if schedule == "cosine" and t_min == 1e-300:  # 2 sin^2(pi t / 4) underflows: say so
+            with pytest.raises(ValueError, match="t_min"):
+                step_tables(get_schedule(schedule), time_grid(64, "geometric", 1.0, t_min), rule)
+            return
+        tables = step_tables(get_schedule(schedule), time_grid(64, "geometric", 1.0, t_min), rule)
+    cdf = tables.cdf
+    assert (cdf >= 0).all() and (cdf <= 2**32).all()
+    assert (cdf[:, 1:] >= cdf[:, :-1]).all()  # thresholds of a CDF increase
+    assert cdf[-1, 0] == 0  # the final fill
+
+
+def test_parameters_that_cannot_be_computed_are_rejected():
+    with pytest.raises(ValueError, match="rate"):
+        step_tables(get_schedule("loglinear"), time_grid(8, "uniform", 1e-310, 5e-324), "reject")
+
+    class Increasing(Schedule):  # alpha grows with t: nothing would ever unmask before the final fill
+        def alpha(self, t):
+            return 0.5 + 0.4 * torch.as_tensor(t, dtype=torch.float64)
+
+        def alpha_prime(self, t):
+            return torch.full_like(torch.as_tensor(t, dtype=torch.float64), 0.4)
+
+    with pytest.raises(ValueError, match="decrease"):
+        step_tables(Increasing(), time_grid(8), "reject")
+
+
+def test_cosine_rate_does_not_cancel_at_small_t():
+    cos = get_schedule("cosine")
+    for t in (1e-7, 1e-8, 1e-12):
+        exact = 2.0 * math.sin(math.pi * t / 4) ** 2  # 1 - cos(pi t / 2), cancellation-free
+        assert float(cos.masked(t)) == pytest.approx(exact, rel=1e-14)
+        assert float(cos.rate(t)) * t == pytest.approx(2.0, rel=1e-9)  # r(t) ~ 2 / t near 0
+
+
+def test_tables_and_plans_cost_what_is_used():
+    """num_steps = 10**6 builds its tables vectorised (was a 38 s Python loop); the plan holds at most
+    L + 1 steps per sample with skip-inactive and is a broadcast view without it; a window longer than
+    the plan is cut to it (window = 2e5 used to allocate 2e5 states)."""
+    with _alarm(60):
+        tables = step_tables(get_schedule("loglinear"), time_grid(10**6), "reject")
+    assert tables.cdf.shape[0] == 10**6 + 1
+    L, B = 6, 64
+    x = torch.full((B, L), 7)
+
+    def den(x, t):
+        return torch.randn(x.shape[0], L, 8, generator=torch.Generator().manual_seed(0))
+
+    sampler = ps.PITSampler(den, mask_id=7, num_steps=10**5, window=200_000, vocab_size=8)
+    seeds = torch.arange(B)
+    plan, total = sampler._plan(x, seeds, sampler.tables)
+    assert plan.shape[1] <= L + 1 and (total <= L + 1).all()
+    dense = ps.PITSampler(den, mask_id=7, num_steps=10**5, window=4, skip_inactive=False, vocab_size=8)
+    plan, total = dense._plan(x, seeds, dense.tables)
+    assert plan.stride(0) == 0 and (total == 10**5 + 1).all()  # no [B, N] copy
+    out = sampler.sample(x, seed=1)
+    assert not (out.tokens == 7).any() and out.residuals[0].shape[0] <= L + 1

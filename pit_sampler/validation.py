@@ -1,0 +1,73 @@
+"""Argument checks shared by the ops and the samplers: one place for each rule, one message style.
+
+Every check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, bad value)
+naming the argument. ``bool`` is never accepted where an integer or a float is meant, and numpy
+scalars are accepted wherever the Python type is (they are ``numbers.Integral``/``numbers.Real``;
+``numpy.bool_`` is neither).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLT_MAX = 3.4028234663852886e38
+
+
+def is_int(v) -> bool:
+    """An integer that is not a ``bool`` (Python or numpy)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A real number that is not a ``bool`` (Python or numpy)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """``int(v)`` if ``v`` is an integer in ``[lo, hi)``; else a ``TypeError``/``ValueError`` naming ``name``."""
+    if not is_int(v):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v >= hi):
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ValueError(f"{name} must lie in [{lo_s}, {hi_s}), got {v}")
+    return v
+
+
+def check_temperature(temperature) -> float:
+    """``float(temperature)`` if the kernels can honour it exactly as the contract says.
+
+    ``0`` means greedy (argmax of the raw logits). A positive ``T`` is applied as a float32 multiply
+    by ``float32(1) / float32(T)``, so ``float32(T)`` must be a positive normal float32 below
+    ``FLT_MAX`` and its reciprocal finite and nonzero (``T`` in about ``[2.9e-39, 3.4e38]``).
+    ``inf``, ``nan``, negative values and ``bool`` are rejected.
+    """
+    if not is_real(temperature):
+        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__} {temperature!r}")
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature!r}")
+    if t == 0.0:
+        return 0.0
+    t32 = torch.tensor(t, dtype=torch.float32)
+    inv = float(torch.tensor(1.0, dtype=torch.float32) / t32)
+    if not (0.0 < float(t32) <= FLT_MAX and 0.0 < inv < math.inf):
+        raise ValueError(
+            f"temperature={temperature!r} cannot be honoured in float32 (1/T must be a finite, nonzero "
+            "float32: T in about [2.9e-39, 3.4e38]); use temperature=0 for greedy decoding"
+        )
+    return t
+
+
+def check_dense_tensor(name: str, t) -> None:
+    """A strided (not sparse) tensor with real data (not on the ``meta`` device)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (it holds no data)")
