@@ -49,6 +49,16 @@ def _run_pair(denoiser, x_init, *, mask_id, vocab_size, steps, window, seed, pro
     return {"runs": runs, "identical": identical, "ratio": seq["result"].rounds / pit["result"].rounds}
 
 
+def _describe_windows(result) -> str:
+    """What ``window="auto"`` chose: rounds per window, and the measured throughput per window."""
+    used = {w: result.windows.count(w) for w in sorted(set(result.windows))}
+    text = "windows used (W: rounds): " + ", ".join(f"{w}: {n}" for w, n in used.items())
+    if result.policy is not None:
+        measured = ", ".join(f"W={w}: {s['throughput']:.0f}" for w, s in result.policy["windows"].items())
+        text += f"\nwindow='auto' chose W={result.policy['chosen']}; measured accepted steps/s: {measured}"
+    return text
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -66,7 +76,7 @@ def _sampler_rows(pair: dict, extra=lambda name, result: []) -> list[list]:
     return rows
 
 
-def demo_digits(model_name: str, batch: int, steps: int, window: int, seed: int, out: str, progress: bool) -> dict:
+def demo_digits(model_name: str, batch: int, steps: int, window: int | str, seed: int, out: str, progress: bool) -> dict:
     from . import digits
     from .models import load_pretrained
 
@@ -79,7 +89,8 @@ def demo_digits(model_name: str, batch: int, steps: int, window: int, seed: int,
     )
     print(f"model: {model_name} (shipped weights), {batch} samples of 8x8 digits, {steps} steps, seed {seed}")
     print(_table(["sampler", "rounds", "nfe", "wall s", "identical"], _sampler_rows(pair)))
-    print(f"rounds ratio (sequential / PIT): {pair['ratio']:.2f}x\n")
+    print(f"rounds ratio (sequential / PIT): {pair['ratio']:.2f}x")
+    print(_describe_windows(list(pair["runs"].values())[1]["result"]) + "\n")
 
     classifier = digits.DigitClassifier(data["train_tokens"], data["train_labels"])
     samples = {name: run["result"].tokens for name, run in pair["runs"].items()}
@@ -95,7 +106,7 @@ def demo_digits(model_name: str, batch: int, steps: int, window: int, seed: int,
     return {**pair, "metrics": metrics, "out": out}
 
 
-def demo_oracle(model_name: str, batch: int, steps: int, window: int, seed: int, progress: bool) -> dict:
+def demo_oracle(model_name: str, batch: int, steps: int, window: int | str, seed: int, progress: bool) -> dict:
     from .testing import make_oracle
 
     oracle = make_oracle(model_name, seed=0)
@@ -117,7 +128,20 @@ def demo_oracle(model_name: str, batch: int, steps: int, window: int, seed: int,
     rows.append(["exact samples (oracle.sample)", "-", "-", "-", "-", f"{mean:.3f}", f"{se:.3f}"])
     print(_table(["sampler", "rounds", "nfe", "wall s", "identical", "mean log-lik", "s.e."], rows))
     print(f"rounds ratio (sequential / PIT): {pair['ratio']:.2f}x")
+    print(_describe_windows(list(pair["runs"].values())[1]["result"]))
     return {**pair, "loglik": loglik}
+
+
+def _window(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,12 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS)
     demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles)")
     demo.add_argument("--steps", type=int, default=256, help="tau-leaping steps N")
-    demo.add_argument("--window", type=int, default=16, help="PIT window W")
+    demo.add_argument("--window", type=_window, default="auto", help="PIT window W: an int, or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="digits_samples.png", help="PNG path for the digits models")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
-    for flag in ("batch", "steps", "window"):
+    for flag in ("batch", "steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1, got {value}")

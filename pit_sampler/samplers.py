@@ -20,6 +20,7 @@ per sample is evaluated by one batched denoiser call on the window's ``W`` state
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,7 @@ from .noise import sample_seeds
 from .rules import RULES, step_tables
 from .schedules import GRIDS, Schedule, get_schedule, time_grid
 from .validation import check_dense_tensor, check_temperature, is_int, is_real
+from .window import WindowPolicy
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,7 +41,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 class SampleResult:
     """``tokens [B, L]`` (no mask left); ``rounds``: sequential denoiser calls; ``nfe``: denoiser rows
     evaluated per sample (total compute / B); ``iterations``: sweeps run; ``residuals``: per iteration,
-    int32 ``[W, B]`` positions changed per slice; ``exact``: whether the result is the exact sequential sample."""
+    int32 ``[W, B]`` positions changed per slice; ``exact``: whether the result is the exact sequential
+    sample; ``windows``: the window of each round; ``policy``: with ``window="auto"``, the measured cost
+    model that chose them (:meth:`pit_sampler.window.WindowPolicy.report`)."""
 
     tokens: Tensor
     rounds: int
@@ -47,6 +51,8 @@ class SampleResult:
     iterations: int
     residuals: list[Tensor] = field(default_factory=list)
     exact: bool = True
+    windows: list[int] = field(default_factory=list)
+    policy: dict | None = None
 
 
 class _Sampler:
@@ -222,6 +228,10 @@ class _Sampler:
         ext = None if ext_rows is None else sweep(logits, ext_rows, ext_steps, states[-1], states)[0]
         return states, residual, invalid, ext, logits.shape[2]
 
+    def _window_policy(self, x: Tensor) -> WindowPolicy | None:
+        """``None`` for a fixed window; with ``window="auto"``, the policy kept for these shapes."""
+        return None
+
     def _raise_invalid(self, invalid: Tensor, accepted: Tensor, steps: Tensor) -> None:
         """Raise for an invalid row on a slice the run keeps (``accepted [W, B]``); rows of slices that are
         discarded ran on guessed states the sequential chain may never visit, and may be anything."""
@@ -231,7 +241,8 @@ class _Sampler:
             if int(invalid[w, b]) < 0:
                 raise RuntimeError(f"internal error: the sweep flagged an out-of-range step or row (sample {b})")
             raise ValueError(
-                f"denoiser returned NaN/inf logits (or only -inf) on a row being sampled: sample {b}, step {int(steps[w, b])}"
+                f"denoiser returned NaN/inf logits (or only -inf, or logits that overflow float32 times 1/temperature) "
+                f"on a row being sampled: sample {b}, step {int(steps[w, b])}"
             )
 
     def _live_slices(self, pos: Tensor, total: Tensor, offsets: Tensor) -> Tensor:
@@ -261,15 +272,22 @@ class _Sampler:
         times = self.times.to(device=device, dtype=torch.float32)
         plan, total = self._plan(x_init, seeds, tables)
         S = plan.shape[1]
-        W = min(self.window, S)  # a window never needs more slots than the longest plan has steps
+        policy = self._window_policy(x_init)
+        if policy is not None:
+            policy.start(S)
+        W = min(self.window, S) if policy is None else policy.choose()  # never more slots than plan steps
         pos = torch.zeros(B, dtype=torch.int64, device=device)
         iters_here = torch.zeros(B, dtype=torch.int64, device=device)
         window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
-        offsets = torch.arange(W, device=device)
         top_token, vocab = self._probe_vocab(x_init, times)
-        residuals, rounds, rows_evaluated = [], int(vocab is not None), int(vocab is not None)
+        residuals, windows, rounds, rows_evaluated = [], [], int(vocab is not None), int(vocab is not None)
         bar = _progress(self.progress, int(total.max()), type(self).__name__)
         while bool((pos < total).any()):
+            if policy is not None:
+                started = _now(device)
+                window = _resize_window(window, policy.choose())
+            W = window.shape[0] - 1
+            offsets = torch.arange(W, device=device)
             idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
             live = self._live_slices(pos, total, offsets)
             steps = torch.where(live, plan.gather(1, idx.clamp(max=S - 1).T).T, -1)
@@ -291,9 +309,12 @@ class _Sampler:
             rounds += 1
             rows_evaluated += len(w_idx)
             residuals.append(residual)
+            windows.append(W)
             iters_here += live[0]
             accept = self._accept(residual, live, iters_here, L)
             self._raise_invalid(invalid, offsets.unsqueeze(1) < accept.unsqueeze(0), steps)
+            if policy is not None:
+                policy.observe(W, _now(device) - started, len(w_idx), int(accept.sum()))
             # seq[k]: the state after k steps from the window's start: x0, the live slices, then ext
             k = accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)
             full = torch.cat([window[:1], states] + ([ext] if ext is not None else []))
@@ -308,7 +329,24 @@ class _Sampler:
         tokens = window[0]
         if bool((tokens == self.mask_id).any()):
             raise RuntimeError("internal error: a mask survived the final fill")
-        return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact)
+        report = None if policy is None else policy.report()
+        return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact, windows, report)
+
+
+def _now(device: torch.device) -> float:
+    """Wall-clock seconds, after the device has finished its queued work (honest timing on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _resize_window(window: Tensor, size: int) -> Tensor:
+    """The window states ``[W + 1, B, L]`` resized to ``size + 1`` slots: cut, or padded with the last
+    state (any initial guess keeps the result exact)."""
+    extra = size + 1 - window.shape[0]
+    if extra <= 0:
+        return window[: size + 1]
+    return torch.cat([window, window[-1:].expand(extra, *window.shape[1:])])
 
 
 def _checked_seed(seed, batch: int):
@@ -338,8 +376,16 @@ class TauLeapingSampler(_Sampler):
     ``max_rows`` caps the rows of a call: then at most ``max_rows`` samples advance per round."""
 
 
+AUTO_MAX_WINDOW = 64
+
+
 class PITSampler(_Sampler):
     """Parallel-in-time (Picard) sampling over windows of ``window`` steps (arXiv 2607.00773).
+
+    ``window="auto"`` (default) chooses the window each round from the measured call cost and
+    convergence (:mod:`pit_sampler.window`: windows 1, 2, 4, ..., 64, hill-climbing on accepted steps
+    per second; ``W = 1`` when parallel-in-time does not pay); ``SampleResult.windows`` and
+    ``.policy`` say what it chose and why. An int fixes the window. Tokens never depend on the window.
 
     ``mode="exact"`` (default) slides each sample's window past its converged prefix; with
     ``tol=0`` the tokens equal :class:`TauLeapingSampler`'s for the same seed. ``tol > 0`` accepts
@@ -357,17 +403,20 @@ class PITSampler(_Sampler):
         self,
         denoiser: Denoiser,
         *,
-        window: int = 16,
+        window: int | str = "auto",
         max_iters: int | None = None,
         tol: float = 0.0,
         mode: str = "exact",
         **kwargs,
     ):
         super().__init__(denoiser, **kwargs)
-        if not (is_int(window) and window >= 1):
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        auto = isinstance(window, str) and window == "auto"
+        if not (auto or (is_int(window) and window >= 1)):
+            raise ValueError(f"window must be 'auto' or an int >= 1, got {window!r}")
         if mode not in ("exact", "fixed"):
             raise ValueError(f"mode must be 'exact' or 'fixed', got {mode!r}")
+        if auto and mode == "fixed":
+            raise ValueError("mode='fixed' runs blocks of a fixed window: give window an int, not 'auto'")
         if not (is_real(tol) and 0.0 <= tol < 1.0):
             raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
         if mode == "fixed":
@@ -376,8 +425,19 @@ class PITSampler(_Sampler):
         else:
             if max_iters is not None:
                 raise ValueError("max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
-        self.window, self.max_iters, self.tol, self.mode = int(window), max_iters, float(tol), mode
-        self.exact = tol == 0.0 and (mode == "exact" or max_iters >= window)
+        self.auto = auto
+        self.window = AUTO_MAX_WINDOW if auto else int(window)
+        self.max_iters, self.tol, self.mode = max_iters, float(tol), mode
+        self.exact = tol == 0.0 and (mode == "exact" or max_iters >= self.window)
+        self._policies: dict[tuple, WindowPolicy] = {}
+
+    def _window_policy(self, x):
+        if not self.auto:
+            return None
+        key = (tuple(x.shape), x.device)
+        if key not in self._policies:
+            self._policies[key] = WindowPolicy(max_window=AUTO_MAX_WINDOW, warmup=int(self._step is not self.step))
+        return self._policies[key]
 
     def _accept(self, residual, live, iters_here, length):
         n_live = live.sum(0)

@@ -37,6 +37,14 @@ def test_demo_checks_the_output_folder_before_sampling(tmp_path, capsys):
     assert "does not exist" in err.err and "rounds" not in err.out  # nothing was sampled
 
 
+def test_demo_window_auto_says_what_it_chose(capsys):
+    res = main(["demo", "--model", "mixture", "--batch", "8", "--steps", "32", "--no-progress"])
+    assert res["identical"]
+    assert "window='auto' chose W=" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--window", "0"])
+
+
 @pytest.mark.parametrize("model", ["mixture", "hmm", "independent"])
 def test_demo_oracles(model, capsys):
     res = main(["demo", "--model", model, "--batch", "16", "--steps", "32", "--window", "8", "--no-progress"])

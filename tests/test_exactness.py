@@ -13,7 +13,7 @@ from pit_sampler import noise
 from pit_sampler.testing import make_oracle
 
 NUM_STEPS = 24
-WINDOWS = (1, 2, 7, 64, NUM_STEPS + 9)  # 64 and NUM_STEPS + 9 exceed the number of steps
+WINDOWS = (1, 2, 7, 64, NUM_STEPS + 9, "auto")  # 64 and NUM_STEPS + 9 exceed the number of steps
 SEEDS = (0, 12345)
 
 
@@ -51,11 +51,11 @@ def naive_tau_leaping(denoiser, x, seed, schedule, times, rule, mask_id, tempera
             go = masked & ((u > p0) & (u <= p1) if rule == "reject" else (u > p0))
         if not go.any():
             continue
-        inv_t = torch.tensor(1.0) / torch.tensor(temperature)  # the contract: a float32 multiply by 1/T
+        inv_t = torch.tensor(1.0) / torch.tensor(temperature) if temperature > 0 else 1.0  # a float32 multiply
         logits = denoiser(x, torch.full((B,), float(times[j]))).float() * inv_t
         bb, ll = go.nonzero(as_tuple=True)
         rows = logits[bb, ll]
-        if not (j == N and final == "argmax"):
+        if not (j == N and final == "argmax") and temperature > 0:  # temperature 0: greedy
             vocab = torch.arange(rows.shape[1])
             bits = noise.gumbel_bits(seeds[bb, None], torch.tensor(j), ll[:, None], vocab)
             rows = rows + noise.gumbel_from_bits(bits)
@@ -152,15 +152,31 @@ def test_score_parametrization_pit_equals_sequential_and_the_spec(window):
 
 
 @pytest.mark.parametrize("final", ["sample", "argmax"])
-def test_temperature_and_final_rule(final):
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+def test_temperature_and_final_rule(final, temperature, backend):
+    """Temperature as a float32 multiply; ``temperature=0`` is greedy (argmax, no noise) everywhere."""
     oracle = make_oracle("hmm", seed=2, num_tokens=6, length=9)
-    kw = dict(mask_id=oracle.mask_id, num_steps=8, rule="first", temperature=0.7, final=final, grid="uniform")
+    kw = dict(mask_id=oracle.mask_id, num_steps=8, rule="first", temperature=temperature, final=final, grid="uniform")
     x = _x_init(oracle, 5, False, 0)
-    seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=9)
-    pit = ps.PITSampler(oracle, window=4, **kw).sample(x, seed=9)
+    with ps.ops.use_backend(backend):
+        seq = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=9)
+        pit = ps.PITSampler(oracle, window=4, **kw).sample(x, seed=9)
     naive = naive_tau_leaping(oracle, x, 9, ps.LogLinear(), ps.time_grid(8, "uniform"), "first", oracle.mask_id,
-                              temperature=0.7, final=final)
+                              temperature=temperature, final=final)
     assert torch.equal(seq.tokens, pit.tokens) and torch.equal(seq.tokens, naive)
+
+
+@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+def test_logits_that_overflow_when_scaled_raise_instead_of_drawing_the_mask(backend):
+    """Finite logits times 1/T overflow to +inf at T = 1e-30: an invalid row, in every backend (it used
+    to pick index 0, which may be the mask)."""
+    def huge(x, t):
+        g = torch.Generator().manual_seed(x.shape[0])
+        return torch.rand(x.shape[0], x.shape[1], 4, generator=g) * 1e10
+
+    with ps.ops.use_backend(backend), pytest.raises(ValueError, match="NaN/inf"):
+        ps.TauLeapingSampler(huge, mask_id=0, num_steps=8, temperature=1e-30).sample(torch.zeros(2, 5, dtype=torch.long))
 
 
 def test_pit_needs_far_fewer_rounds_on_dependent_oracles():

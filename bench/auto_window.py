@@ -1,0 +1,120 @@
+"""``window="auto"`` against sequential tau-leaping and every fixed window, on this machine.
+
+For each setting it times, best of ``--reps`` runs, the sequential baseline, ``PITSampler`` at fixed
+windows and ``window="auto"`` (a fresh sampler per run, so nothing is learned from an earlier run; a
+second "auto (warm)" row reuses one sampler, as a user calling ``sample()`` repeatedly would), all from
+the same seed, and checks that every run's tokens equal the baseline's. Wall-time ratios within one
+run are the result (the machine may be busy; absolute times are not comparable across machines).
+
+Settings: the demo's digits model (64 samples, N = 256); the small random transformer of
+:mod:`bench.models` at L = 256, B = 1 and 4 (N = 128, geometric); the mixture and HMM oracles at
+L = 256 with a transformer's forward pass as each call's cost (N = 1024), as in :mod:`bench.e2e`.
+
+    python -m bench.auto_window --out bench/results/auto-window-cpu-2026-12-01
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pit_sampler import PITSampler, TauLeapingSampler
+from pit_sampler.testing import make_oracle
+
+from .e2e import environment
+from .models import OracleDenoiser, make_transformer
+
+FIXED = (2, 4, 8, 16, 32, 64)
+
+
+def settings():
+    """``(name, denoiser, x_init, sampler kwargs)`` of every setting."""
+    from pit_sampler import digits
+    from pit_sampler.models import load_pretrained
+
+    small = make_transformer("small", 256)
+    cost = make_transformer("cost", 256, vocab_size=17)
+    out = [("digits demo (B=64, N=256)", load_pretrained("digits"),
+            torch.full((64, digits.LENGTH), digits.MASK_ID), dict(mask_id=digits.MASK_ID, num_steps=256,
+                                                                    vocab_size=digits.VOCAB_SIZE))]
+    for b in (1, 4):
+        out.append((f"small transformer L=256 B={b} (N=128)", small, torch.full((b, 256), small.mask_id),
+                    dict(mask_id=small.mask_id, num_steps=128, vocab_size=small.vocab_size)))
+    for name, grid in (("mixture", "uniform"), ("hmm", "geometric")):
+        den = OracleDenoiser(make_oracle(name, 0, num_tokens=16, length=256), cost)
+        out.append((f"{name} oracle + cost net L=256 (N=1024, {grid})", den, torch.full((1, 256), den.mask_id),
+                    dict(mask_id=den.mask_id, num_steps=1024, grid=grid, vocab_size=den.vocab_size)))
+    return out
+
+
+def best_of(make, x, reps: int, reuse: bool = False):
+    """Best wall time of ``reps`` runs (a new sampler each run unless ``reuse``) and the last result."""
+    sampler, best, result = make(), float("inf"), None
+    for _ in range(reps):
+        if not reuse:
+            sampler = make()
+        start = time.perf_counter()
+        result = sampler.sample(x, seed=0)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def run(reps: int = 3) -> dict:
+    rows = []
+    for name, den, x, kw in settings():
+        seq_time, seq = best_of(lambda: TauLeapingSampler(den, **kw), x, reps)
+        entry = {"setting": name, "sequential": {"seconds": seq_time, "rounds": seq.rounds}, "fixed": {}}
+        for w in FIXED:
+            t, r = best_of(lambda: PITSampler(den, window=w, **kw), x, reps)
+            assert torch.equal(r.tokens, seq.tokens), (name, w)
+            entry["fixed"][w] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t}
+        for label, reuse in (("auto", False), ("auto (warm)", True)):
+            t, r = best_of(lambda: PITSampler(den, window="auto", **kw), x, reps, reuse=reuse)
+            assert torch.equal(r.tokens, seq.tokens), (name, label)
+            entry[label] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t, "windows": r.windows,
+                            "chosen": r.policy["chosen"]}
+        best_w = max(entry["fixed"], key=lambda w: entry["fixed"][w]["speedup"])
+        entry["best_fixed"] = {"window": best_w, "speedup": entry["fixed"][best_w]["speedup"]}
+        rows.append(entry)
+        print(row_text(entry), flush=True)
+    return {"date": datetime.date.today().isoformat(), "environment": environment(torch.device("cpu")),
+            "reps": reps, "rows": rows}
+
+
+def row_text(e: dict) -> str:
+    best = e["best_fixed"]
+    return (f"| {e['setting']} | {e['sequential']['rounds']} | {best['speedup']:.2f}x (W={best['window']}) | "
+            f"{e['auto']['speedup']:.2f}x (rounds {e['auto']['rounds']}, chose W={e['auto']['chosen']}) | "
+            f"{e['auto (warm)']['speedup']:.2f}x | {e['auto']['speedup'] / max(best['speedup'], 1.0):.2f} |")
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    head = (f"# window=\"auto\" on {env.get('device_name', 'CPU')}, {result['date']}\n\n"
+            f"Wall-time speed-up over sequential tau-leaping (best of {result['reps']}; tokens identical in "
+            "every run). Last column: auto's speed-up over max(1, best fixed-W speed-up).\n\n"
+            "| setting | seq rounds | best fixed W | auto (fresh) | auto (warm) | auto / max(1, best) |\n"
+            "|---|---|---|---|---|---|\n")
+    return head + "\n".join(row_text(e) for e in result["rows"]) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="path prefix: writes <out>.json and <out>.md")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.reps)
+    Path(f"{args.out}.json").write_text(json.dumps(result, indent=1, default=str))
+    Path(f"{args.out}.md").write_text(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
