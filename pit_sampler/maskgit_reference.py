@@ -197,7 +197,7 @@ def select(tokens, keys, x0, kcount, mask_id):
     for w in range(W):
         masked = cur == mask_id
         key = torch.where(masked & (keys[w] >= 0), keys[w], NOT_CANDIDATE)
-        kth = key.sort(1, descending=True).values.gather(1, (kcount[w] - 1).clamp(min=0)[:, None])
+        kth = key.sort(1, descending=True).values.gather(1, (kcount[w] - 1).clamp(0, keys.shape[2] - 1)[:, None])
         chosen = (key >= 0) & (key >= kth) & (kcount[w] > 0)[:, None]
         cur = torch.where(chosen, tokens[w], cur)
         invalid[w] = (masked & (keys[w] == INVALID_ROW)).sum(1, dtype=torch.int32)
