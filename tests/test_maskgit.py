@@ -314,3 +314,10 @@ def test_guidance_with_every_sampler():
         ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=-1, prompt=3)
     with pytest.raises(TypeError, match="prompt"):
         ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=1, prompt=1.5)
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="native extension not built")
+def test_native_schema_matches_the_python_op():
+    public = torch.ops.pit_sampler.maskgit_sweep.default._schema
+    kernel = torch.ops.pit_sampler_native.maskgit_sweep.default._schema
+    assert str(kernel).replace("pit_sampler_native::", "pit_sampler::") == str(public)
