@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODES = ("auto", "cpu", "cuda", "none")
-CPU_SOURCES = ("ops.cpp", "sweep_cpu.cpp", "unmask_table_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "sweep_cpu.cpp", "unmask_table_cpu.cpp", "maskgit_cpu.cpp")
 CUDA_SOURCES = ("sweep_cuda.cu", "ops_cuda.cpp")
 # -O3 and no -march: the AVX-512 / AVX2 variants of the hot loop come from function multi-versioning in
 # the sources, so one binary runs on any x86-64. No FMA contraction: the float32 noise transforms follow

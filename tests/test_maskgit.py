@@ -1,0 +1,323 @@
+"""MaskGITSampler (k-per-step unmasking), its fused op on every backend, and classifier-free guidance.
+
+* Picard (``window > 1``, ``tol = 0``) equals the sequential sampler bit for bit, for every order and
+  schedule, with and without blocks and prompts, for W in {2, 7, 64, more than the steps}.
+* Every backend (native C++, Triton; the interpreter without a GPU) gives the reference's states,
+  residuals and invalid counts on fresh random inputs (odd V, L = 1, B = 1, fp32/bf16/fp16, ties).
+* Each step unmasks exactly ``k_j`` positions of its block; no mask is left.
+* Random order with one position per step is an exact sampler of an oracle (chi-square).
+"""
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import pit_sampler as ps
+from pit_sampler import maskgit_ops, ops
+from pit_sampler.maskgit import block_counts, unmask_plan
+from pit_sampler.maskgit_reference import ORDERS
+from pit_sampler.testing import make_oracle
+
+ORACLE = make_oracle("mixture", length=12, num_tokens=5)
+MASK = ORACLE.mask_id
+SCHEDULES = ("linear", "cosine")
+
+
+def _x_init(B=3, L=12, prompt=0):
+    x = torch.full((B, L), MASK)
+    x[:, :prompt] = torch.arange(prompt) % 4
+    return x
+
+
+def _sampler(**kw):
+    kw = {"mask_id": MASK, "num_steps": 6, **kw}
+    return ps.MaskGITSampler(kw.pop("denoiser", ORACLE), **kw)
+
+
+# -- exactness -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("blocks,prompt", [(None, 0), (None, 4), (4, 0), (4, 4)])
+def test_picard_equals_sequential(order, schedule, blocks, prompt):
+    """Tokens identical for every window; with blocks, 12 - prompt masked positions split into blocks of 4."""
+    x = _x_init(prompt=prompt)
+    kw = dict(order=order, unmask_schedule=schedule, block_length=blocks)
+    seq = _sampler(**kw).sample(x, seed=5)
+    assert seq.rounds == 6 and seq.exact
+    assert not bool((seq.tokens == MASK).any()) and torch.equal(seq.tokens[:, :prompt], x[:, :prompt])
+    for window in (2, 7, 64, 9):
+        pit = _sampler(window=window, **kw).sample(x, seed=5)
+        assert torch.equal(pit.tokens, seq.tokens), window
+        assert pit.exact and pit.rounds <= seq.rounds and len(pit.residuals) == pit.rounds
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_picard_equals_sequential_other_temperatures_and_seeds(temperature):
+    """Greedy and tempered draws, per-sample seeds (a sample does not depend on its batch slot)."""
+    x = _x_init(B=4)
+    seeds = torch.tensor([3, -7, 2**40, 11])
+    kw = dict(order="confidence", temperature=temperature)
+    seq = _sampler(**kw).sample(x, seed=seeds)
+    assert torch.equal(_sampler(window=5, **kw).sample(x, seed=seeds).tokens, seq.tokens)
+    assert torch.equal(_sampler(**kw).sample(x[[2, 0]], seed=seeds[[2, 0]]).tokens, seq.tokens[[2, 0]])
+
+
+def test_max_rows_and_tolerance():
+    """``max_rows`` shrinks the windows without changing tokens; ``tol > 0`` reports an approximate result."""
+    x = _x_init()
+    seq = _sampler(order="random").sample(x, seed=1)
+    capped = _sampler(order="random", window=8, max_rows=6).sample(x, seed=1)
+    assert torch.equal(capped.tokens, seq.tokens)
+    loose = _sampler(order="random", window=8, tol=0.5).sample(x, seed=1)
+    assert not loose.exact and not bool((loose.tokens == MASK).any())
+
+
+def test_random_order_converges_in_fewer_rounds():
+    """Random order does not depend on the model, so Picard needs far fewer sequential calls."""
+    x = _x_init(B=2)
+    pit = _sampler(order="random", num_steps=12, window=12).sample(x, seed=0)
+    assert pit.rounds < 12 and pit.nfe > 12
+
+
+# -- the schedule ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,s", [(12, 6), (10, 4), (7, 7), (256, 16), (5, 1)])
+def test_block_counts(n, s):
+    """Every step unmasks >= 1, the counts sum to n; linear is LLaDA's even split."""
+    for schedule in SCHEDULES:
+        k = block_counts(n, s, schedule)
+        assert len(k) == s and sum(k) == n and min(k) >= 1
+    assert block_counts(n, s, "linear") == [n // s + (i < n % s) for i in range(s)]
+    assert block_counts(10, 4, "cosine") == [1, 2, 4, 3]
+
+
+class _Recorder:
+    """The oracle, recording the states the sampler evaluates it on."""
+
+    def __init__(self):
+        self.states = []
+
+    def __call__(self, x, t):
+        self.states.append(x.clone())
+        return ORACLE(x, t)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_each_step_unmasks_exactly_k_in_its_block(schedule):
+    x = _x_init(B=2, prompt=4)
+    rec = _Recorder()
+    out = _sampler(denoiser=rec, order="margin", unmask_schedule=schedule, block_length=4).sample(x, seed=2)
+    kcount, step_block, pos_block = unmask_plan(x, MASK, 6, 4, schedule)
+    states = rec.states + [out.tokens]
+    for j in range(6):
+        newly = (states[j] == MASK) & (states[j + 1] != MASK)
+        assert torch.equal(newly.sum(1), kcount[:, j])
+        assert bool((pos_block[newly] == step_block[:, j].repeat_interleave(newly.sum(1))).all())
+        assert torch.equal(states[j + 1][states[j] != MASK], states[j][states[j] != MASK])
+    assert not bool((out.tokens == MASK).any())
+
+
+# -- the op on every backend ----------------------------------------------------------------------
+def _random_case(W, B, L, V, dtype, seed, ties):
+    g = torch.Generator().manual_seed(seed)
+    mask_id = int(torch.randint(0, V, (1,), generator=g))
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    x0[torch.rand(B, L, generator=g) < 0.7] = mask_id
+    logits = torch.randn(W * B, L, V, generator=g) * 3
+    logits = (logits.round() if ties else logits).to(dtype)  # rounded logits: many tied scores
+    steps = torch.randint(0, 50, (W, B), generator=g)
+    steps[0, 0] = -1 if W > 1 else steps[0, 0]
+    return (
+        logits, torch.randperm(W * B, generator=g).view(W, B), steps, x0,
+        torch.randint(0, V, (W, B, L), generator=g), torch.randint(-(2**62), 2**62, (B,), generator=g),
+        torch.randint(0, 4, (W, B), generator=g), torch.randint(0, 2, (W, B), generator=g),
+        torch.where(x0 == mask_id, torch.randint(0, 2, (B, L), generator=g), -1), mask_id,
+    )
+
+
+def _run(backend, args, temperature, order):
+    with ops.use_backend(backend):
+        out = maskgit_ops.maskgit_sweep(*args, temperature, order)
+    assert maskgit_ops.last_backend() == backend
+    return out
+
+
+def _assert_backend_matches(backend, shapes, dtypes, temperatures):
+    for i, (W, B, L, V) in enumerate(shapes):
+        for dtype in dtypes:
+            for order in range(len(ORDERS)):
+                for temperature in temperatures:
+                    args = _random_case(W, B, L, V, dtype, seed=i, ties=bool(i % 2))
+                    want, got = _run("reference", args, temperature, order), _run(backend, args, temperature, order)
+                    for a, b in zip(want, got):
+                        assert torch.equal(a, b), (backend, W, B, L, V, dtype, ORDERS[order], temperature)
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="native extension not built")
+def test_native_equals_reference():
+    shapes = [(3, 2, 5, 7), (1, 1, 1, 2), (2, 3, 9, 33), (4, 2, 6, 130), (5, 1, 17, 1001)]
+    _assert_backend_matches("native", shapes, (torch.float32, torch.bfloat16, torch.float16), (1.0, 0.0, 0.7))
+
+
+@pytest.mark.skipif("triton" not in ops.available_backends("cpu") and not torch.cuda.is_available(),
+                    reason="Triton backend unavailable here")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_triton_equals_reference():
+    if torch.cuda.is_available():  # pragma: no cover - GPU runs
+        pytest.skip("run the CUDA variant with device tensors (bench/); the interpreter covers CPU")
+    _assert_backend_matches("triton", [(2, 2, 5, 7), (1, 1, 1, 2)], (torch.float32,), (1.0, 0.0))
+    _assert_backend_matches("triton", [(2, 1, 3, 130)], (torch.bfloat16, torch.float16), (0.7,))
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="native extension not built")
+def test_samplers_agree_across_backends():
+    x = _x_init(B=2, prompt=2)
+    for order in ORDERS:
+        with ops.use_backend("reference"):
+            want = _sampler(order=order, window=3, num_steps=5).sample(x, seed=4).tokens
+        with ops.use_backend("native"):
+            assert torch.equal(_sampler(order=order, window=3, num_steps=5).sample(x, seed=4).tokens, want)
+
+
+def test_invalid_rows_are_reported():
+    bad = lambda x, t: torch.full((*x.shape, ORACLE.vocab_size), float("nan"))  # noqa: E731
+    with pytest.raises(ValueError, match="NaN/inf"):
+        _sampler(denoiser=bad).sample(_x_init(), seed=0)
+
+
+def test_op_is_compile_friendly():
+    """The fake kernel and schema pass ``torch.library.opcheck``; a sampler step traces with fullgraph."""
+    args = _random_case(2, 2, 4, 7, torch.float32, seed=0, ties=False)
+    with ops.use_backend("reference"):
+        torch.library.opcheck(torch.ops.pit_sampler.maskgit_sweep.default, (*args, 1.0, 0),
+                              test_utils=("test_schema", "test_faketensor"))
+    table = torch.randn(ORACLE.vocab_size, ORACLE.vocab_size, generator=torch.Generator().manual_seed(0))
+
+    def toy(x, t):  # pure tensor code (the oracle's input checks are data-dependent)
+        return table[x].sum(1, keepdim=True) + table[x]
+
+    sampler = _sampler(denoiser=toy, window=3)
+    compiled = _sampler(denoiser=toy, window=3)
+    compiled._step = torch.compile(sampler.step, fullgraph=True, backend="eager", dynamic=True)
+    x = _x_init()
+    assert torch.equal(compiled.sample(x, seed=3).tokens, sampler.sample(x, seed=3).tokens)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,match", [
+    (dict(order="lowest"), "order"),
+    (dict(unmask_schedule="exp"), "unmask_schedule"),
+    (dict(block_length=0), "block_length"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(window=0), "window"),
+    (dict(tol=1.0), "tol"),
+    (dict(num_steps=0), "num_steps"),
+    (dict(max_rows=0), "max_rows"),
+])
+def test_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _sampler(**kw)
+
+
+@pytest.mark.parametrize("kw,prompt,match", [
+    (dict(num_steps=13), 0, "num_steps=13 gives 13 steps per block, more than the 12"),
+    (dict(num_steps=6, block_length=5), 0, "block_length=5 must divide"),
+    (dict(num_steps=5, block_length=4), 0, "num_steps=5 must be a multiple of the number of blocks"),
+    (dict(num_steps=6, block_length=2), 0, "num_steps=6 gives 1 steps per block"),  # fine: 6 blocks of 2
+    (dict(num_steps=6, block_length=2), 10, "num_steps=6 gives 6 steps per block, more than the 2"),
+])
+def test_bad_plans(kw, prompt, match):
+    x = _x_init(prompt=prompt)
+    if "gives 1 steps" in match:
+        assert not bool((_sampler(**kw).sample(x).tokens == MASK).any())
+        return
+    with pytest.raises(ValueError, match=match):
+        _sampler(**kw).sample(x)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="x_init"):
+        _sampler().sample(torch.zeros(2, 12))
+    with pytest.raises(TypeError, match="logits"):
+        args = _random_case(1, 1, 3, 5, torch.float32, seed=0, ties=False)
+        maskgit_ops.maskgit_sweep(args[0].double(), *args[1:])
+    with pytest.raises(ValueError, match="kcount"):
+        args = list(_random_case(2, 2, 3, 5, torch.float32, seed=0, ties=False))
+        args[6] = args[6][:1]
+        maskgit_ops.maskgit_sweep(*args)
+    with pytest.raises(TypeError, match="denoiser"):
+        ps.MaskGITSampler(None, mask_id=MASK, num_steps=2)
+
+
+# -- distribution ----------------------------------------------------------------------------------
+P_FAIL = 1e-4
+SMALL = make_oracle("mixture", length=4, num_tokens=3, seed=1)
+
+
+def _joint_pvalue(tokens):
+    """Chi-square of the full joint (3**4 = 81 sequences) against the oracle's exact probabilities,
+    cells with expected count < 5 pooled into one."""
+    K, L = SMALL.num_tokens, SMALL.length
+    grid = torch.cartesian_prod(*[torch.arange(K)] * L)
+    expected = SMALL.log_prob(grid).exp() * len(tokens)
+    index = (tokens * (K ** torch.arange(L - 1, -1, -1))).sum(1)
+    observed = torch.bincount(index, minlength=K**L).double()
+    small = expected < 5
+    obs = torch.cat([observed[~small], observed[small].sum().view(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().view(1)])
+    return float(stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
+
+
+def test_random_order_one_per_step_is_exact():
+    """Random order with k = 1 per step is any-order autoregressive sampling: exact for an exact
+    denoiser. 8000 samples, full-joint chi-square, rejection at p < 1e-4 (the false-failure rate).
+    Power checks (deliberate breaks that must be rejected): two positions per step (num_steps = L/2:
+    they draw independently given the state) and confidence order (greedy-biased toward likely tokens)."""
+    n = 8000
+    x = torch.full((n, SMALL.length), SMALL.mask_id)
+    run = lambda **kw: ps.MaskGITSampler(SMALL, mask_id=SMALL.mask_id, **kw).sample(x, seed=123).tokens  # noqa: E731
+    assert _joint_pvalue(run(num_steps=4, order="random")) > P_FAIL
+    assert _joint_pvalue(run(num_steps=2, order="random")) < P_FAIL
+    assert _joint_pvalue(run(num_steps=4, order="confidence")) < P_FAIL
+
+
+# -- classifier-free guidance ---------------------------------------------------------------------
+def test_guidance_formula_and_banned_tokens():
+    calls = []
+
+    def den(x, t):
+        calls.append(x.clone())
+        return torch.stack([x.float(), -x.float(), torch.full_like(x, float("-inf"), dtype=torch.float32)], -1)
+
+    cfg = ps.ClassifierFreeGuidance(den, mask_id=2, cfg_scale=1.5, prompt=2)
+    x = torch.tensor([[1, 0, 2, 1]])
+    out = cfg(x, torch.ones(1))
+    assert len(calls) == 1 and torch.equal(calls[0][1], torch.tensor([2, 2, 2, 1]))
+    cond, uncond = den(x, None)[0], den(calls[0][1:], None)[0]
+    assert torch.allclose(out[0, :, :2], uncond[:, :2] + 2.5 * (cond[:, :2] - uncond[:, :2]))
+    assert bool(torch.isneginf(out[..., 2]).all())
+    assert ps.ClassifierFreeGuidance(den, mask_id=2, cfg_scale=0, prompt=2)(x, torch.ones(1)).shape == (1, 4, 3)
+
+
+def test_guidance_with_every_sampler():
+    """Guided oracle: MaskGIT Picard == sequential, PIT == tau-leaping."""
+    prompt = torch.zeros(12, dtype=torch.bool)
+    prompt[:3] = True
+    guided = ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=0.5, prompt=prompt)
+    x = _x_init(B=2, prompt=3)
+    seq = _sampler(denoiser=guided, order="entropy").sample(x, seed=0)
+    assert torch.equal(_sampler(denoiser=guided, order="entropy", window=4).sample(x, seed=0).tokens, seq.tokens)
+    kw = dict(mask_id=MASK, num_steps=16)
+    tau = ps.TauLeapingSampler(guided, **kw).sample(x, seed=0)
+    assert torch.equal(ps.PITSampler(guided, window=4, **kw).sample(x, seed=0).tokens, tau.tokens)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=-1, prompt=3)
+    with pytest.raises(TypeError, match="prompt"):
+        ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=1, prompt=1.5)
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="native extension not built")
+def test_native_schema_matches_the_python_op():
+    public = torch.ops.pit_sampler.maskgit_sweep.default._schema
+    kernel = torch.ops.pit_sampler_native.maskgit_sweep.default._schema
+    assert str(kernel).replace("pit_sampler_native::", "pit_sampler::") == str(public)
