@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import maskgit_reference as reference
 from . import ops
+from .validation import check_int, check_temperature
 
 log = logging.getLogger(__name__)
 _last: list[str | None] = [None]
@@ -36,7 +37,10 @@ def _native(*args):
 @functools.cache
 def _native_has_kernel(device_type: str) -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    has = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("pit_sampler_native::maskgit_sweep", key)
+    try:
+        has = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("pit_sampler_native::maskgit_sweep", key)
+    except RuntimeError:  # the operator itself is missing (an extension built before it existed)
+        has = False
     if not has:
         log.warning("pit_sampler: the native extension has no maskgit_sweep kernel for %s (rebuild it); "
                     "using the reference", device_type)
@@ -96,12 +100,9 @@ def _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block,
         raise ValueError(f"pos_block must have shape [{B}, {L}], got {tuple(pos_block.shape)}")
     if tuple(seeds.shape) != (B,):
         raise ValueError(f"seeds must have shape [{B}], got {tuple(seeds.shape)}")
-    if not (isinstance(mask_id, int) and 0 <= mask_id < logits.shape[2]):
-        raise ValueError(f"mask_id must be an int in [0, V={logits.shape[2]}), got {mask_id!r}")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if not (isinstance(order, int) and 0 <= order < len(reference.ORDERS)):
-        raise ValueError(f"order must be an index into {reference.ORDERS}, got {order!r}")
+    check_int("mask_id", mask_id, lo=0, hi=logits.shape[2])
+    check_temperature(temperature)
+    check_int("order", order, lo=0, hi=len(reference.ORDERS))
 
 
 @torch.library.custom_op("pit_sampler::maskgit_sweep", mutates_args=())

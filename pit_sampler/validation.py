@@ -46,6 +46,8 @@ def check_temperature(temperature) -> float:
     ``FLT_MAX`` and its reciprocal finite and nonzero (``T`` in about ``[2.9e-39, 3.4e38]``).
     ``inf``, ``nan``, negative values and ``bool`` are rejected.
     """
+    if torch.compiler.is_compiling():
+        return temperature  # traced (maybe symbolic): the op body checks the concrete value at run time
     if not is_real(temperature):
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__} {temperature!r}")
     t = float(temperature)
