@@ -143,20 +143,21 @@ def _sweep(
     rule: int,
     score: bool,
     argmax_final: bool,
+    with_counts: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     backend = _run("sweep", x0.device)
     return backend.sweep(
-        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final
+        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
     )
 
 
 @_sweep.register_fake
-def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final):
+def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts):
     W, B = steps.shape
     L = x0.shape[1]
     return (
         x0.new_empty((W, B, L)),
-        x0.new_empty((W, B, L), dtype=torch.int32),
+        x0.new_empty((W, B, L) if with_counts else (0,), dtype=torch.int32),
         x0.new_empty((W, B), dtype=torch.int32),
         x0.new_empty((W, B), dtype=torch.int32),
     )
@@ -208,6 +209,7 @@ def sweep(
     rule: int = 0,
     score: bool = False,
     argmax_final: bool = False,
+    with_counts: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
 
@@ -237,8 +239,8 @@ def sweep(
         raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
     if not (isinstance(rate, Tensor) and rate.dtype == torch.float32 and tuple(rate.shape) == (cdf.shape[0],)):
         raise TypeError(f"rate must be a float32 tensor of shape [{cdf.shape[0]}]")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     for name, t in (("logits", logits), ("rows", rows), ("steps", steps), ("prev", prev), ("rate", rate)):
         if t.device != x0.device:
             raise ValueError(f"{name} is on {t.device} but x0 is on {x0.device}")
@@ -256,6 +258,7 @@ def sweep(
         rule,
         bool(score),
         bool(argmax_final),
+        bool(with_counts),
     )
 
 
