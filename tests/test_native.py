@@ -82,8 +82,8 @@ def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, ba
     )
 
 
-def _args(case, temperature, rule, score, argmax_final):
-    return (*case.values(), temperature, RULES.index(rule), score, argmax_final)
+def _args(case, temperature, rule, score, argmax_final, with_counts=True):
+    return (*case.values(), temperature, RULES.index(rule), score, argmax_final, with_counts)
 
 
 def _assert_same(got, want, what):

@@ -88,7 +88,8 @@ def test_gumbel_transform_over_the_whole_range():
 # ---------------------------------------------------------------------------------------------
 # Random sweep inputs
 # ---------------------------------------------------------------------------------------------
-def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False):
+def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False,
+                with_counts=True):
     """A window with prompts, already-unmasked positions, pass-through slices and the final step."""
     g = torch.Generator().manual_seed(seed)
     mask_id = V // 2 if mask_id is None else mask_id
@@ -117,7 +118,7 @@ def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperatu
     prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0, clean)
     seeds = torch.randint(-(2**62), 2**62, (B,), generator=g, dtype=torch.int64)
     args = (logits.to(dtype), rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, temperature,
-            RULES.index(rule), score, argmax_final)
+            RULES.index(rule), score, argmax_final, with_counts)
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 
 
