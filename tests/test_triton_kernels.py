@@ -208,6 +208,43 @@ def test_sweep_strided_logits():
     _check_sweep(tuple(args))
 
 
+def _gpu_launch():
+    """The GPU launch settings (256-token tiles, one warp, 4224 programs: the vocabulary gets split)."""
+    return triton_sweep.SweepConfig(block_v=256, num_warps=1, target_programs=4224)
+
+
+def _split_configs():
+    return [_gpu_launch(), triton_sweep.SweepConfig(block_v=64, num_warps=1, target_programs=1, block_l=2, v_split=3)]
+
+
+@pytest.mark.parametrize("kind", ["topk", "mask_last_1025", "suppressed_block"])
+def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
+    """Regression: with the vocabulary split over programs, a chunk whose values are all -inf (or only
+    the mask) has no candidate; it must not flag the row invalid (it used to win the merge as a bad key)."""
+    V, mask_id = (1025, 1024) if kind == "mask_last_1025" else (260, 130)
+    args = list(_sweep_case(B=2, L=2, V=V, W=2, N=4, rule="first", score=False, dtype=torch.float32, seed=21,
+                            mask_id=mask_id))
+    logits = args[0].clone()
+    if kind == "topk":  # top-5 filtering: everything else -inf
+        keep = logits.topk(5, dim=2).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(2, keep, logits.gather(2, keep))
+    elif kind == "suppressed_block":
+        logits[:, :, 20:250] = float("-inf")
+    args[0] = logits
+    for config in _split_configs():
+        states, _, _, invalid = _check_sweep(tuple(args), config)
+        assert bool((invalid == 0).all())
+    assert bool((states != args[3].unsqueeze(0)).any())
+
+
+def test_split_vocabulary_fuzz_case_tweedie_fp16():
+    """Regression (found by fuzzing): W=4, B=3, L=2, V=130, mask 65, tweedie, fp16, T=2, split vocabulary."""
+    args = _sweep_case(B=3, L=2, V=130, W=4, N=6, rule="tweedie", score=False, dtype=torch.float16, seed=4,
+                       mask_id=65, temperature=2.0)
+    for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16)]:
+        _check_sweep(args, config)
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_unmask_table_matches_reference(rule):
     g = torch.Generator().manual_seed(RULES.index(rule))
