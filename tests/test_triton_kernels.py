@@ -221,7 +221,7 @@ def _split_configs():
 def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
     """Regression: with the vocabulary split over programs, a chunk whose values are all -inf (or only
     the mask) has no candidate; it must not flag the row invalid (it used to win the merge as a bad key)."""
-    V, mask_id = (1025, 1024) if kind == "mask_last_1025" else (260, 130)
+    V, mask_id = (1025, 1024) if kind == "mask_last_1025" else (1025, 512)
     args = list(_sweep_case(B=2, L=2, V=V, W=2, N=4, rule="first", score=False, dtype=torch.float32, seed=21,
                             mask_id=mask_id))
     logits = args[0].clone()
@@ -229,7 +229,7 @@ def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
         keep = logits.topk(5, dim=2).indices
         logits = torch.full_like(logits, float("-inf")).scatter(2, keep, logits.gather(2, keep))
     elif kind == "suppressed_block":
-        logits[:, :, 20:250] = float("-inf")
+        logits[:, :, 200:900] = float("-inf")  # whole vocabulary chunks hold nothing above -inf
     args[0] = logits
     for config in _split_configs():
         states, _, _, invalid = _check_sweep(tuple(args), config)
@@ -238,11 +238,14 @@ def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
 
 
 def test_split_vocabulary_fuzz_case_tweedie_fp16():
-    """Regression (found by fuzzing): W=4, B=3, L=2, V=130, mask 65, tweedie, fp16, T=2, split vocabulary."""
-    args = _sweep_case(B=3, L=2, V=130, W=4, N=6, rule="tweedie", score=False, dtype=torch.float16, seed=4,
-                       mask_id=65, temperature=2.0)
-    for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16)]:
-        _check_sweep(args, config)
+    """Regression (the shape of a fuzzing find): W=4, B=3, L=2, V=130, mask 65, tweedie, fp16, T=2, with
+    ids 0..63 suppressed (-inf) and the vocabulary split in chunks of 64 tokens, so chunk 0 has no candidate."""
+    args = list(_sweep_case(B=3, L=2, V=130, W=4, N=6, rule="tweedie", score=False, dtype=torch.float16, seed=4,
+                            mask_id=65, temperature=2.0))
+    args[0] = args[0].clone()
+    args[0][:, :, :64] = float("-inf")
+    for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16, v_split=3)]:
+        assert bool((_check_sweep(tuple(args), config)[3] == 0).all())
 
 
 @pytest.mark.parametrize("rule", RULES)
