@@ -10,6 +10,11 @@ read per sweep. Every slice of sample ``b`` reads logits row ``b`` (``rows[w, b]
 are read as with ``W * B`` distinct rows, in ``W`` times less memory. The reference runs one round (it
 takes seconds); the two outputs are checked equal. Not collected by the test run (bench/ is outside
 ``testpaths``); no timing assertions.
+
+``test_sweep_cpu_padded_vocab`` (group ``sweep-cpu-vocab-layout``): the native sweep at GPT-2's
+``V = 50257`` on contiguous logits and on the padded-vocab view ``logits[..., :50257]`` of a
+``[B, L, 50304]`` tensor (what a model with a padded embedding returns); the kernels read through the
+strides, so the two should cost about the same (no copy of the logits). Compare the two means.
 """
 
 from __future__ import annotations
@@ -73,3 +78,35 @@ def test_sweep_cpu(benchmark, backend, dtype, window, logits32):
     if backend == "reference":
         with ops.use_backend("native"):
             assert all(torch.equal(a, b) for a, b in zip(ops.sweep(*args), out))
+
+
+GPT2_V, GPT2_PADDED = 50257, 50304
+
+
+@pytest.fixture(scope="module")
+def gpt2_window():
+    """The window of ``window`` with the mask at GPT-2's last id."""
+    g = torch.Generator().manual_seed(2)
+    mask = GPT2_V - 1
+    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), "reject")
+    seeds = noise.sample_seeds(0, B)
+    x0 = torch.full((B, L), mask)
+    x0[:, :PROMPT] = torch.randint(0, mask, (B, PROMPT), generator=g)
+    table = reference.unmask_table(x0, seeds, tables.cdf, mask, RULE)
+    steps = torch.stack([table[b][table[b] >= 0].unique()[:W] for b in range(B)], 1)
+    rows = torch.arange(B).expand(W, B).contiguous()
+    padded = torch.randn(B, L, GPT2_PADDED, generator=g) * 2.0
+    return dict(rows=rows, steps=steps, x0=x0, prev=x0.expand(W, B, L).clone(), seeds=seeds, cdf=tables.cdf,
+                rate=tables.rate), padded, mask
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "padded-view"])
+def test_sweep_cpu_padded_vocab(benchmark, layout, gpt2_window):
+    window, padded, mask = gpt2_window
+    view = padded[:, :, :GPT2_V]
+    logits = view.contiguous() if layout == "contiguous" else view
+    args = (logits, *window.values(), mask, 1.0, RULE, False, False)
+    benchmark.group = "sweep-cpu-vocab-layout"
+    with ops.use_backend("native"):
+        out = benchmark.pedantic(ops.sweep, args=args, rounds=20, iterations=1, warmup_rounds=2)
+        assert torch.equal(out[0], ops.sweep(view.contiguous(), *args[1:])[0])

@@ -11,7 +11,7 @@
 TORCH_LIBRARY(pit_sampler_native, m) {
   m.def(
       "sweep(Tensor logits, Tensor rows, Tensor steps, Tensor x0, Tensor prev, Tensor seeds, Tensor cdf, "
-      "Tensor rate, SymInt mask_id, float temperature, SymInt rule, bool score, bool argmax_final) "
+      "Tensor rate, SymInt mask_id, float temperature, SymInt rule, bool score, bool argmax_final, bool with_counts) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("unmask_table(Tensor x, Tensor seeds, Tensor cdf, SymInt mask_id, SymInt rule) -> Tensor");
 }

@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                                                                 const at::Tensor& prev, const at::Tensor& seeds,
                                                                 const at::Tensor& cdf, const at::Tensor& rate,
                                                                 int64_t mask_id, double temperature, int64_t rule,
-                                                                bool score, bool argmax_final) {
+                                                                bool score, bool argmax_final, bool with_counts) {
   check_long(x0, "x0", 2);
   check_long(steps, "steps", 2);
   check_long(rows, "rows", 2);
@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   TORCH_CHECK(logits.size(1) == L, "logits must be [R, ", L, ", V], got ", logits.sizes());
   TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
   TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);
-  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(temperature >= 0, "temperature must be >= 0, got ", temperature);
   TORCH_CHECK(x0.is_cuda(), "x0 must be a CUDA tensor");
   check_device(logits, "logits", x0);
   check_device(rows, "rows", x0);
@@ -63,14 +63,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   const c10::cuda::CUDAGuard guard(x0.device());
   const auto opts = x0.options();
   at::Tensor states = at::empty({W, B, L}, opts);
-  at::Tensor counts = at::zeros({W, B, L}, opts.dtype(at::kInt));
+  at::Tensor counts = with_counts ? at::zeros({W, B, L}, opts.dtype(at::kInt)) : at::empty({0}, opts.dtype(at::kInt));
   at::Tensor residual = at::zeros({W, B}, opts.dtype(at::kInt));
   at::Tensor invalid = at::zeros({W, B}, opts.dtype(at::kInt));
-  const at::Tensor logits_c = logits.contiguous(), rows_c = rows.contiguous(), steps_c = steps.contiguous(),
+  // logits are read in place through their strides (a padded-vocab view costs no copy)
+  const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(),
                    x0_c = x0.contiguous(), prev_c = prev.contiguous(), seeds_c = seeds.contiguous(),
                    cdf_c = cdf.contiguous(), rate_c = rate.contiguous();
   SweepArgs args{};
-  args.logits = logits_c.const_data_ptr();
+  args.logits = logits.const_data_ptr();
   args.rows = rows_c.const_data_ptr<int64_t>();
   args.steps = steps_c.const_data_ptr<int64_t>();
   args.x0 = x0_c.const_data_ptr<int64_t>();
@@ -79,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   args.cdf = cdf_c.const_data_ptr<int64_t>();
   args.rate = rate_c.const_data_ptr<float>();
   args.states = states.data_ptr<int64_t>();
-  args.counts = counts.data_ptr<int32_t>();
+  args.counts = with_counts ? counts.data_ptr<int32_t>() : nullptr;
   args.residual = residual.data_ptr<int32_t>();
   args.invalid = invalid.data_ptr<int32_t>();
   args.W = W;
@@ -91,7 +92,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   args.K = cdf.size(1);
   args.mask_id = mask_id;
   args.rule = rule;
-  args.inv_t = 1.0f / static_cast<float>(temperature);
+  args.stride_r = logits.stride(0);
+  args.stride_l = logits.stride(1);
+  args.stride_v = logits.stride(2);
+  args.greedy = temperature == 0;
+  args.inv_t = args.greedy ? 1.0f : 1.0f / static_cast<float>(temperature);
   args.score = score;
   args.argmax_final = argmax_final;
   args.dtype = dtype == at::kFloat ? Dtype::kFloat32 : dtype == at::kBFloat16 ? Dtype::kBFloat16 : Dtype::kFloat16;

@@ -13,6 +13,8 @@ constexpr int64_t kRuleFirst = 1;
 constexpr int64_t kRuleTweedie = 2;
 // Score parametrization: the float32 Poisson inverse CDF saturates at this count (rules.SCORE_MAX_JUMPS).
 constexpr int kScoreMaxJumps = 64;
+// The largest finite float32 (FLT_MAX, without <cfloat> for nvcc's device code).
+constexpr float kFltMax = 3.40282346638528859811704183484516925e38f;
 
 // Whether a masked position with jump count k unmasks: reject needs exactly one jump, first and tweedie
 // at least one.
@@ -33,11 +35,14 @@ PIT_HD float pit_expf(float x) { return std::exp(x); }
 #endif
 
 // Score parametrization: the count K at the jump uniform U = (f32(bits) + 0.5) 2^-32 given the row's
-// float32 lambda = rate[j] * sum_{v != mask} exp(s_v).
+// float32 lambda = rate[j] * sum_{v != mask} exp(s_v), first clamped to FLT_MAX (NaN stays NaN, as
+// torch.clamp does), so that an overflowing or infinite lambda saturates (K = 64; tweedie p = 1) instead
+// of turning the CDF into NaN (exp(-inf) * inf):
 //   tweedie: K = [U > 1 - min(lambda, 1)] (NaN propagates through the min, as torch.clamp does);
 //   reject / first: the inverse CDF of Poisson(lambda), K = #{i in 0..63 : U > F(i)} with
 //   F(0) = p_0 = exp(-lambda), p_i = p_{i-1} lambda / i, F(i) = F(i - 1) + p_i, all in float32.
 PIT_HD int32_t score_count(uint32_t bits, float lambda, int64_t rule) {
+  lambda = lambda > kFltMax ? kFltMax : lambda;
   const float u = uniform_from_bits(bits);
   if (rule == kRuleTweedie) {
     const float p = lambda > 1.0f ? 1.0f : lambda;

@@ -6,14 +6,21 @@
 //      up to the first slice whose count passes the rule (an "event");
 //   B. per event (parallel, one vocabulary row each, so the work is balanced whatever the prompt
 //      layout): check the row and draw the token by Gumbel-max;
-//   a bad row (NaN/+inf, or only -inf, on non-mask tokens) leaves the position masked: it is counted
+//   a bad row (NaN/+inf, or only -inf, among the scaled values s_v = x_v * inv_t of non-mask tokens)
+//   leaves the position masked: it is counted
 //   in `invalid` and the position resumes scanning at the next slice (A and B repeat, rarely).
 //   C. per (slice, sample) row: write the states and the residual against `prev`.
 // Score parametrization: every live masked slice reads its row (lambda depends on it), so slices are
 // processed in order, in parallel over the masked positions of each slice.
+// Slices: steps < 0 passes through; a live slice whose step exceeds N or whose row is outside [0, R) is
+// a bad slice: it passes through too, reads nothing, and reports invalid = -1 (classified up front from
+// steps and rows, so no index is ever out of bounds). Counts are written only when asked for.
+// Logits are read in place through their strides (no copy); rows with unit vocab stride take the
+// vectorised conversion loop, others a strided one.
 //
 // Token draw: argmax_{v != mask} x_v * inv_t + G(seed, j, l, v) with inv_t = float32(1) / float32(T) (the
-// contract: a float32 multiply, as CUDA evaluates a division by a scalar), first index on ties, as a running
+// contract: a float32 multiply, as CUDA evaluates a division by a scalar; T = 0 is greedy: the plain argmax
+// of the raw logits at every step), first index on ties, as a running
 // (max, argmax) in float32 over the row, generating Philox per 4 tokens in the loop (no noise tensor).
 // Two exact shortcuts skip work for tokens that cannot beat the running best:
 //   * a 64-token chunk is skipped without any Philox when every score s satisfies s + 23 <= best
@@ -120,81 +127,110 @@ int64_t first_argmax(const float* s, int64_t n) {
   return best_v;
 }
 
-// buf[v] = row[v] as float32, times inv_t when kScale, for v in [lo, hi); ORs into
-// `nonfinite_hi` whether a value is NaN or +inf and into `above_neg_inf` whether one is above -inf.
-template <bool kScale, typename scalar_t>
-void convert(const scalar_t* __restrict row, float* __restrict buf, int64_t lo, int64_t hi, float inv_t,
-             int& nonfinite_hi, int& above_neg_inf) {
+// buf[v] = s_v = row[v * stride] as float32, times inv_t when kScale, for v in [lo, hi); ORs into
+// `nonfinite_hi` whether an s_v is NaN or +inf and into `above_neg_inf` whether one is above -inf. The
+// unit-stride instantiation (kUnit) is the vectorised path; the others read through the vocab stride.
+template <bool kScale, bool kUnit, typename scalar_t>
+void convert(const scalar_t* __restrict row, int64_t stride, float* __restrict buf, int64_t lo, int64_t hi,
+             float inv_t, int& nonfinite_hi, int& above_neg_inf) {
   int nonfinite = 0, above = 0;
   for (int64_t v = lo; v < hi; ++v) {
-    const float x = static_cast<float>(row[v]);
-    nonfinite |= !(x < kInf);
-    above |= x > -kInf;
-    buf[v] = kScale ? x * inv_t : x;
+    const float x = static_cast<float>(row[kUnit ? v : v * stride]);
+    const float s = kScale ? x * inv_t : x;
+    nonfinite |= !(s < kInf);
+    above |= s > -kInf;
+    buf[v] = s;
   }
   nonfinite_hi |= nonfinite;
   above_neg_inf |= above;
 }
 
-// Copies row[0, V) as float32 into buf[0, padded_vocab(V)) with -inf at mask_id and in the padding,
-// times inv_t = 1 / temperature unless it is 1 (x * 1 == x). Returns whether the row is bad: NaN or +inf
-// on a non-mask token, or no non-mask token above -inf (checked on the undivided values).
+template <bool kScale, bool kUnit, typename scalar_t>
+void convert_row(const scalar_t* row, int64_t stride, int64_t V, int64_t mask_id, float inv_t, float* buf,
+                 int& nonfinite_hi, int& above_neg_inf) {
+  convert<kScale, kUnit>(row, stride, buf, 0, mask_id, inv_t, nonfinite_hi, above_neg_inf);
+  convert<kScale, kUnit>(row, stride, buf, mask_id + 1, V, inv_t, nonfinite_hi, above_neg_inf);
+}
+
+// Copies the row (V values, `stride` apart) as float32 into buf[0, padded_vocab(V)) with -inf at mask_id
+// and in the padding, times inv_t unless it is 1 (x * 1 == x). Returns whether the row is bad on these
+// (scaled) values: NaN or +inf on a non-mask token, or no non-mask token above -inf.
 template <typename scalar_t>
-bool load_row(const scalar_t* row, int64_t V, int64_t mask_id, float inv_t, float* buf) {
+bool load_row(const scalar_t* row, int64_t stride, int64_t V, int64_t mask_id, float inv_t, float* buf) {
   int nonfinite_hi = 0, above_neg_inf = 0;
+  const bool unit = stride == 1;
   if (inv_t == 1.0f) {
-    convert<false>(row, buf, 0, mask_id, inv_t, nonfinite_hi, above_neg_inf);
-    convert<false>(row, buf, mask_id + 1, V, inv_t, nonfinite_hi, above_neg_inf);
+    if (unit) {
+      convert_row<false, true>(row, stride, V, mask_id, inv_t, buf, nonfinite_hi, above_neg_inf);
+    } else {
+      convert_row<false, false>(row, stride, V, mask_id, inv_t, buf, nonfinite_hi, above_neg_inf);
+    }
+  } else if (unit) {
+    convert_row<true, true>(row, stride, V, mask_id, inv_t, buf, nonfinite_hi, above_neg_inf);
   } else {
-    convert<true>(row, buf, 0, mask_id, inv_t, nonfinite_hi, above_neg_inf);
-    convert<true>(row, buf, mask_id + 1, V, inv_t, nonfinite_hi, above_neg_inf);
+    convert_row<true, false>(row, stride, V, mask_id, inv_t, buf, nonfinite_hi, above_neg_inf);
   }
   buf[mask_id] = -kInf;
   for (int64_t v = V; v < padded_vocab(V); ++v) buf[v] = -kInf;
   return nonfinite_hi || !above_neg_inf;
 }
 
-// log-sum-exp of buf[0, V) (mask already -inf) as torch.logsumexp: m + log(sum exp(s - m)), with the
-// sum accumulated in float64; -inf when every entry is -inf.
-float logsumexp(const float* buf, int64_t V) {
+// The largest of buf[0, V) (-inf if all are).
+float row_max(const float* buf, int64_t V) {
   float m = -kInf;
   for (int64_t v = 0; v < V; ++v) m = buf[v] > m ? buf[v] : m;
-  if (m == -kInf) return -kInf;
+  return m;
+}
+
+// log-sum-exp of buf[0, V) (mask already -inf, m = row_max > -inf) as torch.logsumexp:
+// m + log(sum exp(s - m)), with the sum accumulated in float64.
+float logsumexp(const float* buf, int64_t V, float m) {
   double sum = 0.0;
   for (int64_t v = 0; v < V; ++v) sum += std::exp(buf[v] - m);
   return static_cast<float>(std::log(sum)) + m;
 }
 
-// Everything one sweep call needs, as raw pointers into contiguous tensors.
+// Slice kinds, from steps and rows alone (see the contract's "Slices").
+constexpr uint8_t kPass = 0;  // steps < 0: not live
+constexpr uint8_t kStep = 1;  // a step: 0 <= steps <= N and 0 <= rows < R
+constexpr uint8_t kBad = 2;   // live but steps > N or rows outside [0, R): passes through, invalid = -1
+
+// Everything one sweep call needs: raw pointers into contiguous index tensors and the logits' strides.
 template <typename scalar_t>
 struct Sweep {
-  const scalar_t* logits;  // [R, L, V]
+  const scalar_t* logits;  // [R, L, V], elements (stride_r, stride_l, stride_v) apart
   const int64_t* rows;     // [W, B]
   const int64_t* steps;    // [W, B]
   const int64_t* x0;       // [B, L]
   const int64_t* seeds;    // [B]
   const int64_t* cdf;      // [N + 1, K]
   const float* rate;       // [N + 1]
+  const uint8_t* kind;     // [W, B] slice kinds
   int64_t* states;         // [W, B, L]
-  int32_t* counts;         // [W, B, L]
+  int32_t* counts;         // [W, B, L], or nullptr when the counts are not wanted
   int32_t* invalid;        // [W, B]
-  int64_t W, B, L, V, R, N, K, mask_id, rule;
-  float inv_t;  // float32(1) / float32(temperature): scores are logits * inv_t (the contract)
-  bool argmax_final;
+  int64_t W, B, L, V, N, K, mask_id, rule;
+  int64_t stride_r, stride_l, stride_v;
+  float inv_t;  // float32(1) / float32(temperature) (1 when greedy): scores are logits * inv_t
+  bool greedy, argmax_final;
 
-  // The global step of slice w for sample b (negative: pass-through; checked <= N up front).
+  // Whether slice w performs a step for sample b (then steps and rows are in range).
+  bool live(int64_t w, int64_t b) const { return kind[w * B + b] == kStep; }
   int64_t step(int64_t w, int64_t b) const { return steps[w * B + b]; }
 
-  // The logits row of (slice w, sample b, position l), checked against logits' first dimension.
+  // The logits row of (slice w, sample b, position l) of a live slice.
   const scalar_t* row(int64_t w, int64_t b, int64_t l) const {
-    const int64_t r = rows[w * B + b];
-    TORCH_CHECK(r >= 0 && r < R, "rows[", w, ", ", b, "] = ", r, " is out of range for logits with ", R, " rows");
-    return logits + (r * L + l) * V;
+    return logits + rows[w * B + b] * stride_r + l * stride_l;
   }
 
-  // Token of a row already in buf (not bad): Gumbel-max, or plain argmax at the final step N.
+  void count(int64_t w, int64_t b, int64_t l, int32_t k) const {
+    if (counts != nullptr) counts[(w * B + b) * L + l] = k;
+  }
+
+  // Token of a row already in buf (not bad): Gumbel-max, or plain argmax when greedy or at the final
+  // step N with argmax_final.
   int64_t draw(const float* buf, int64_t b, int64_t l, int64_t j) const {
-    if (argmax_final && j == N) return first_argmax(buf, V);
+    if (greedy || (argmax_final && j == N)) return first_argmax(buf, V);
     const int64_t seed = seeds[b];
     return gumbel_argmax(buf, padded_vocab(V), seed_lo(seed), seed_hi(seed), static_cast<uint32_t>(l),
                          static_cast<uint32_t>(j));
@@ -226,11 +262,11 @@ void Sweep<scalar_t>::mean() const {
         const uint32_t k0 = seed_lo(seeds[b]), k1 = seed_hi(seeds[b]);
         event[p] = -1;
         for (int64_t w = start[p]; w < W; ++w) {
+          if (!live(w, b)) continue;
           const int64_t j = step(w, b);
-          if (j < 0) continue;
           const int32_t k = mean_count(jump_bits(k0, k1, static_cast<uint32_t>(j), static_cast<uint32_t>(l)),
                                        cdf + j * K, K);
-          counts[(w * B + b) * L + l] = k;
+          count(w, b, l, k);
           if (unmasks(k, rule)) {
             event[p] = w;
             break;
@@ -247,7 +283,7 @@ void Sweep<scalar_t>::mean() const {
       std::vector<float> buf(padded_vocab(V));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = events[i], b = p / L, l = p % L, w = event[p];
-        bad[p] = load_row(row(w, b, l), V, mask_id, inv_t, buf.data());
+        bad[p] = load_row(row(w, b, l), stride_v, V, mask_id, inv_t, buf.data());
         if (!bad[p]) {
           token[p] = draw(buf.data(), b, l, step(w, b));
           settled[p] = w;
@@ -286,26 +322,31 @@ void Sweep<scalar_t>::score() const {
   for (int64_t w = 0; w < W; ++w) {
     live.clear();
     for (int64_t p = 0; p < P; ++p) {
-      if (cur[p] == mask_id && step(w, p / L) >= 0) live.push_back(p);
+      if (cur[p] == mask_id && this->live(w, p / L)) live.push_back(p);
     }
     at::parallel_for(0, static_cast<int64_t>(live.size()), grain(V), [&](int64_t lo, int64_t hi) {
       std::vector<float> buf(padded_vocab(V));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = live[i], b = p / L, l = p % L, j = step(w, b);
         next[p] = mask_id;
-        bad[p] = load_row(row(w, b, l), V, mask_id, 1.0f, buf.data());
+        // raw values (the log-sum-exp needs them); the row is judged on the scaled ones: with the raw row
+        // not bad, s_v = x_v * inv_t is monotone in x_v, so max_v s_v = m * inv_t shows an overflow to
+        // +inf or a row that is all -inf after scaling
+        bad[p] = load_row(row(w, b, l), stride_v, V, mask_id, 1.0f, buf.data());
+        const float m = bad[p] ? -kInf : row_max(buf.data(), V);
+        bad[p] = bad[p] || !(m * inv_t < kInf) || !(m * inv_t > -kInf);
         int32_t k = 0;
         if (!bad[p]) {
           if (j == N) {
             k = 1;
           } else {
-            const float lambda = rate[j] * std::exp(logsumexp(buf.data(), V));
+            const float lambda = rate[j] * std::exp(logsumexp(buf.data(), V, m));
             const uint32_t bits = jump_bits(seed_lo(seeds[b]), seed_hi(seeds[b]), static_cast<uint32_t>(j),
                                             static_cast<uint32_t>(l));
             k = score_count(bits, lambda, rule);
           }
         }
-        counts[(w * B + b) * L + l] = k;
+        count(w, b, l, k);
         if (!bad[p] && unmasks(k, rule)) {
           if (inv_t != 1.0f) {
             for (int64_t v = 0; v < V; ++v) buf[v] = buf[v] * inv_t;
@@ -329,14 +370,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                                                                 const at::Tensor& prev, const at::Tensor& seeds,
                                                                 const at::Tensor& cdf, const at::Tensor& rate,
                                                                 int64_t mask_id, double temperature, int64_t rule,
-                                                                bool score, bool argmax_final) {
+                                                                bool score, bool argmax_final, bool with_counts) {
   TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
                   logits.scalar_type() == at::kHalf,
               "logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
   TORCH_CHECK(x0.dim() == 2 && x0.scalar_type() == at::kLong, "x0 must be int64 [B, L]");
   TORCH_CHECK(steps.dim() == 2 && steps.scalar_type() == at::kLong, "steps must be int64 [W, B]");
-  const int64_t W = steps.size(0), B = x0.size(0), L = x0.size(1), V = logits.size(2);
+  const int64_t W = steps.size(0), B = x0.size(0), L = x0.size(1), V = logits.size(2), R = logits.size(0);
   TORCH_CHECK(steps.size(1) == B, "steps must be [W, ", B, "], got ", steps.sizes());
   TORCH_CHECK(rows.scalar_type() == at::kLong && rows.sizes() == steps.sizes(), "rows must be int64 [", W, ", ", B, "]");
   TORCH_CHECK(prev.scalar_type() == at::kLong && prev.dim() == 3 && prev.size(0) == W && prev.size(1) == B &&
@@ -350,44 +391,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   TORCH_CHECK(logits.size(1) == L, "logits must be [R, ", L, ", V], got ", logits.sizes());
   TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
   TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);
-  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(temperature >= 0, "temperature must be >= 0, got ", temperature);
   TORCH_CHECK(L <= std::numeric_limits<uint32_t>::max(), "L must fit the 32-bit Philox counter");
 
-  const at::Tensor logits_c = logits.contiguous(), rows_c = rows.contiguous(), steps_c = steps.contiguous(),
-                   x0_c = x0.contiguous(), prev_c = prev.contiguous(), seeds_c = seeds.contiguous(),
-                   cdf_c = cdf.contiguous(), rate_c = rate.contiguous();
+  // logits are read in place through their strides (a padded-vocab view costs no copy)
+  const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(), x0_c = x0.contiguous(),
+                   prev_c = prev.contiguous(), seeds_c = seeds.contiguous(), cdf_c = cdf.contiguous(),
+                   rate_c = rate.contiguous();
   const int64_t N = cdf.size(0) - 1;
-  const int64_t* step_ptr = steps_c.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < W * B; ++i) {
-    TORCH_CHECK(step_ptr[i] <= N, "steps[", i / B, ", ", i % B, "] = ", step_ptr[i], " exceeds the last step N = ", N,
-                " of cdf");
-  }
   const auto long_opts = x0.options().dtype(at::kLong);
   at::Tensor states = at::empty({W, B, L}, long_opts);
-  at::Tensor counts = at::zeros({W, B, L}, long_opts.dtype(at::kInt));
+  at::Tensor counts = with_counts ? at::zeros({W, B, L}, long_opts.dtype(at::kInt)) : at::empty({0}, long_opts.dtype(at::kInt));
   at::Tensor invalid = at::zeros({W, B}, long_opts.dtype(at::kInt));
   at::Tensor residual = at::empty({W, B}, long_opts.dtype(at::kInt));
+  // slice kinds; a bad slice reports invalid = -1 (and nothing else reads or writes for it)
+  const int64_t* step_ptr = steps_c.const_data_ptr<int64_t>();
+  const int64_t* row_ptr = rows_c.const_data_ptr<int64_t>();
+  int32_t* inv = invalid.data_ptr<int32_t>();
+  std::vector<uint8_t> kind(W * B);
+  for (int64_t i = 0; i < W * B; ++i) {
+    const int64_t j = step_ptr[i], r = row_ptr[i];
+    kind[i] = j < 0 ? kPass : (j <= N && r >= 0 && r < R) ? kStep : kBad;
+    if (kind[i] == kBad) inv[i] = -1;
+  }
+  const bool greedy = temperature == 0;
   AT_DISPATCH_V2(logits.scalar_type(), "pit_sampler_native::sweep", AT_WRAP([&] {
-    const Sweep<scalar_t> s{logits_c.const_data_ptr<scalar_t>(),
-                            rows_c.const_data_ptr<int64_t>(),
+    const Sweep<scalar_t> s{logits.const_data_ptr<scalar_t>(),
+                            row_ptr,
                             step_ptr,
                             x0_c.const_data_ptr<int64_t>(),
                             seeds_c.const_data_ptr<int64_t>(),
                             cdf_c.const_data_ptr<int64_t>(),
                             rate_c.const_data_ptr<float>(),
+                            kind.data(),
                             states.data_ptr<int64_t>(),
-                            counts.data_ptr<int32_t>(),
-                            invalid.data_ptr<int32_t>(),
+                            with_counts ? counts.data_ptr<int32_t>() : nullptr,
+                            inv,
                             W,
                             B,
                             L,
                             V,
-                            logits.size(0),
                             N,
                             cdf.size(1),
                             mask_id,
                             rule,
-                            1.0f / static_cast<float>(temperature),
+                            logits.stride(0),
+                            logits.stride(1),
+                            logits.stride(2),
+                            greedy ? 1.0f : 1.0f / static_cast<float>(temperature),
+                            greedy,
                             argmax_final};
     if (score) {
       s.score();

@@ -4,22 +4,26 @@
 // sweep: one block of 256 threads per position (b, l). The block walks the W slices in order (the
 // absorbing scan); block-uniform control flow, so every block-wide reduction is reached by all threads.
 // At a slice where the masked position unmasks, the block reads the logits row once with 16-byte loads
-// (4 fp32 or 8 bf16/fp16 tokens per thread and step; rows that are not 16-byte aligned, as with odd V,
-// fall back to scalar loads) and draws argmax_{v != mask} s_v * (1/T) + G(seed, j, l, v) as a running
+// (4 fp32 or 8 bf16/fp16 tokens per thread and step; rows that are not 16-byte aligned, as with odd V, or
+// whose vocab stride is not 1, fall back to scalar loads through the stride) and draws
+// argmax_{v != mask} x_v * (1/T) + G(seed, j, l, v) (T = 0: greedy, the plain argmax of x_v) as a running
 // (max, argmax) per thread, then a block reduction (first index on ties). Philox runs per 4 tokens in
 // the loop; the exact shortcuts of the CPU kernel skip tokens that cannot beat the thread's best
 // (s + 23 <= best: no Philox; s + gumbel_upper_bound(bits) <= best: no logs). The row check (NaN/+inf,
-// or only -inf, on non-mask tokens) is fused into the same pass; a bad row leaves the position masked
-// and counts in `invalid`. Score parametrization: each live masked slice reads its row for the
-// log-sum-exp (max pass, then sum of exp), then draws as above when the position unmasks.
-// Residual and invalid are accumulated with one atomic per changed position / bad row.
-// Out-of-range rows or steps stop the kernel with a message (as PyTorch's device-side index checks).
+// or only -inf, among the scaled values of non-mask tokens) is fused into the same pass; a bad row leaves
+// the position masked and counts in `invalid`. Score parametrization: each live masked slice reads its
+// row for the log-sum-exp (max pass, then sum of exp; lambda clamped to FLT_MAX in score_count), then
+// draws as above when the position unmasks.
+// Residual and invalid are accumulated with one atomic per changed position / bad row; counts are
+// stored only when the caller wants them (non-null pointer).
+// Slices: steps < 0 passes through; a live slice with steps > N or rows outside [0, R) is a bad slice:
+// it passes through too, reads nothing, and every block of its sample stores invalid = -1 (the same
+// value, and no atomic touches that entry). So no index is ever out of bounds, with no host sync.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdio>
 
 #include "philox.h"
 #include "sampling.h"
@@ -113,11 +117,12 @@ __device__ float block_reduce(float x, bool is_max, float* shared) {
   return result;
 }
 
-// Tokens [v0, v0 + kPerLoad) of a row as float32: one 16-byte load when the row is aligned and the group
-// is whole, else scalar loads (entries past V are left at 0 and never used).
+// Tokens [v0, v0 + kPerLoad) of a row (elements `stride` apart) as float32: one 16-byte load when the row
+// is contiguous and aligned and the group is whole, else scalar loads (entries past V are left at 0 and
+// never used).
 template <typename T>
-__device__ __forceinline__ void load_group(const T* __restrict__ row, long long v0, long long V, bool vector_ok,
-                                           float (&x)[Elem<T>::kPerLoad]) {
+__device__ __forceinline__ void load_group(const T* __restrict__ row, long long stride, long long v0, long long V,
+                                           bool vector_ok, float (&x)[Elem<T>::kPerLoad]) {
   constexpr int n = Elem<T>::kPerLoad;
   if (vector_ok && v0 + n <= V) {
     const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + v0));
@@ -126,7 +131,7 @@ __device__ __forceinline__ void load_group(const T* __restrict__ row, long long 
     for (int k = 0; k < n; ++k) x[k] = Elem<T>::to_float(e[k]);
   } else {
 #pragma unroll
-    for (int k = 0; k < n; ++k) x[k] = v0 + k < V ? Elem<T>::to_float(row[v0 + k]) : 0.0f;
+    for (int k = 0; k < n; ++k) x[k] = v0 + k < V ? Elem<T>::to_float(row[(v0 + k) * stride]) : 0.0f;
   }
 }
 
@@ -135,33 +140,34 @@ struct Shared {
   float value[kWarps];
 };
 
-// Block-wide pass over a row: whether it is bad, and its token (Gumbel-max when `noise`, else argmax)
-// of the scores x * inv_t (inv_t = float32(1) / float32(temperature), the contract's float32 multiply).
+// Block-wide pass over a row: whether it is bad (on the scores, NaN/+inf or none above -inf), and its
+// token (Gumbel-max when `noise`, else argmax) of the scores x * inv_t (inv_t = float32(1) /
+// float32(temperature), the contract's float32 multiply; 1 when greedy).
 struct Draw {
   bool bad;
   long long token;
 };
 
 template <typename T>
-__device__ Draw draw_row(const T* __restrict__ row, long long V, long long mask_id, float inv_t, bool noise,
-                         uint32_t k0, uint32_t k1, uint32_t l, uint32_t j, Shared& shared) {
+__device__ Draw draw_row(const T* __restrict__ row, long long stride, long long V, long long mask_id, float inv_t,
+                         bool noise, uint32_t k0, uint32_t k1, uint32_t l, uint32_t j, Shared& shared) {
   constexpr int n = Elem<T>::kPerLoad;
-  const bool vector_ok = reinterpret_cast<uintptr_t>(row) % 16 == 0;
+  const bool vector_ok = stride == 1 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
   const long long groups = (V + n - 1) / n;
   bool nonfinite_hi = false, above_neg_inf = false;
   Best best{-INFINITY, kNoIndex};
   for (long long g = threadIdx.x; g < groups; g += kThreads) {
     const long long v0 = g * n;
     float x[n], s[n];
-    load_group<T>(row, v0, V, vector_ok, x);
+    load_group<T>(row, stride, v0, V, vector_ok, x);
     bool reachable = false;
 #pragma unroll
     for (int k = 0; k < n; ++k) {
       const long long v = v0 + k;
       if (v < V && v != mask_id) {
-        nonfinite_hi |= !(x[k] < INFINITY);
-        above_neg_inf |= x[k] > -INFINITY;
         s[k] = inv_t == 1.0f ? x[k] : x[k] * inv_t;
+        nonfinite_hi |= !(s[k] < INFINITY);
+        above_neg_inf |= s[k] > -INFINITY;
       } else {
         s[k] = -INFINITY;
       }
@@ -193,24 +199,26 @@ __device__ Draw draw_row(const T* __restrict__ row, long long V, long long mask_
   return Draw{bad, best.index == kNoIndex ? 0 : best.index};
 }
 
-// Block-wide row check and lambda = rate * sum_{v != mask} exp(s_v) (via the log-sum-exp) of a score row.
+// Block-wide row check (on the scaled values x * inv_t) and lambda = rate * sum_{v != mask} exp(x_v) (via
+// the log-sum-exp of the raw values) of a score row.
 template <typename T>
-__device__ bool score_lambda(const T* __restrict__ row, long long V, long long mask_id, float rate, Shared& shared,
-                             float& lambda) {
+__device__ bool score_lambda(const T* __restrict__ row, long long stride, long long V, long long mask_id,
+                             float inv_t, float rate, Shared& shared, float& lambda) {
   constexpr int n = Elem<T>::kPerLoad;
-  const bool vector_ok = reinterpret_cast<uintptr_t>(row) % 16 == 0;
+  const bool vector_ok = stride == 1 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
   const long long groups = (V + n - 1) / n;
   bool nonfinite_hi = false, above_neg_inf = false;
   float m = -INFINITY;
   for (long long g = threadIdx.x; g < groups; g += kThreads) {
     float x[n];
-    load_group<T>(row, g * n, V, vector_ok, x);
+    load_group<T>(row, stride, g * n, V, vector_ok, x);
 #pragma unroll
     for (int k = 0; k < n; ++k) {
       const long long v = g * n + k;
       if (v < V && v != mask_id) {
-        nonfinite_hi |= !(x[k] < INFINITY);
-        above_neg_inf |= x[k] > -INFINITY;
+        const float s = inv_t == 1.0f ? x[k] : x[k] * inv_t;
+        nonfinite_hi |= !(s < INFINITY);
+        above_neg_inf |= s > -INFINITY;
         m = fmaxf(m, x[k]);
       }
     }
@@ -221,7 +229,7 @@ __device__ bool score_lambda(const T* __restrict__ row, long long V, long long m
   float sum = 0.0f;
   for (long long g = threadIdx.x; g < groups; g += kThreads) {
     float x[n];
-    load_group<T>(row, g * n, V, vector_ok, x);
+    load_group<T>(row, stride, g * n, V, vector_ok, x);
 #pragma unroll
     for (int k = 0; k < n; ++k) {
       const long long v = g * n + k;
@@ -231,13 +239,6 @@ __device__ bool score_lambda(const T* __restrict__ row, long long V, long long m
   sum = block_reduce(sum, false, shared.value);
   lambda = rate * expf(logf(sum) + m);
   return false;
-}
-
-__device__ void out_of_range(const char* what, long long w, long long b, long long value, long long limit) {
-  if (threadIdx.x == 0) {
-    printf("pit_sampler_native::sweep: %s[%lld, %lld] = %lld is out of range [0, %lld]\n", what, w, b, value, limit);
-  }
-  __trap();
 }
 
 template <typename T>
@@ -250,27 +251,26 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
   for (long long w = 0; w < a.W; ++w) {
     const long long wb = w * a.B + b;
     const long long j = a.steps[wb];
+    const long long r = a.rows[wb];
+    const bool live = j >= 0 && j <= a.N && r >= 0 && r < a.R;
+    if (j >= 0 && !live && threadIdx.x == 0) a.invalid[wb] = -1;  // a bad slice: passes through
     int32_t k = 0;
-    if (j >= 0 && state == a.mask_id) {
-      if (j > a.N) out_of_range("steps", w, b, j, a.N);
-      const long long r = a.rows[wb];
-      const T* row = logits + (r * a.L + l) * a.V;
+    if (live && state == a.mask_id) {
+      const T* row = logits + r * a.stride_r + l * a.stride_l;
       const uint32_t jj = static_cast<uint32_t>(j), ll = static_cast<uint32_t>(l);
       bool bad = false, draw = false;
       if (a.score) {
-        if (r < 0 || r >= a.R) out_of_range("rows", w, b, r, a.R - 1);
         float lambda = 0.0f;
-        bad = score_lambda<T>(row, a.V, a.mask_id, a.rate[j], shared, lambda);
+        bad = score_lambda<T>(row, a.stride_v, a.V, a.mask_id, a.inv_t, a.rate[j], shared, lambda);
         if (!bad) k = j == a.N ? 1 : score_count(jump_bits(k0, k1, jj, ll), lambda, a.rule);
         draw = !bad && unmasks(k, a.rule);
       } else {
         k = mean_count(jump_bits(k0, k1, jj, ll), a.cdf + j * a.K, a.K);
         draw = unmasks(k, a.rule);
-        if (draw && (r < 0 || r >= a.R)) out_of_range("rows", w, b, r, a.R - 1);
       }
       if (draw) {
-        const Draw d = draw_row<T>(row, a.V, a.mask_id, a.inv_t, !(a.argmax_final && j == a.N), k0, k1, ll, jj,
-                                   shared);
+        const bool noise = !(a.greedy || (a.argmax_final && j == a.N));
+        const Draw d = draw_row<T>(row, a.stride_v, a.V, a.mask_id, a.inv_t, noise, k0, k1, ll, jj, shared);
         bad = d.bad;
         if (!bad) state = d.token;
       }
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
     if (threadIdx.x == 0) {
       const long long o = wb * a.L + l;
       a.states[o] = state;
-      a.counts[o] = k;
+      if (a.counts != nullptr) a.counts[o] = k;
       if (state != a.prev[o]) atomicAdd(&a.residual[wb], 1);
     }
   }

@@ -13,9 +13,10 @@ namespace cuda {
 enum class Dtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // One sweep (semantics: pit_sampler/reference.py, `sweep`). All pointers are device pointers to
-// contiguous tensors; counts, residual and invalid must be zero on entry.
+// contiguous tensors except logits, read through its element strides; counts (nullptr: not written),
+// residual and invalid must be zero on entry.
 struct SweepArgs {
-  const void* logits;    // [R, L, V] of `dtype`
+  const void* logits;    // [R, L, V] of `dtype`, elements (stride_r, stride_l, stride_v) apart
   const int64_t* rows;   // [W, B]
   const int64_t* steps;  // [W, B]
   const int64_t* x0;     // [B, L]
@@ -28,8 +29,9 @@ struct SweepArgs {
   int32_t* residual;     // [W, B]
   int32_t* invalid;      // [W, B]
   int64_t W, B, L, V, R, N, K, mask_id, rule;
-  float inv_t;  // float32(1) / float32(temperature): scores are logits * inv_t
-  bool score, argmax_final;
+  int64_t stride_r, stride_l, stride_v;
+  float inv_t;  // float32(1) / float32(temperature) (1 when greedy): scores are logits * inv_t
+  bool score, argmax_final, greedy;
   Dtype dtype;
 };
 

@@ -215,10 +215,9 @@ def _sweep(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
     backend = _run("sweep", x0.device)
-    out = backend.sweep(  # TEMP until the kernels branch lands
-        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final
+    return backend.sweep(
+        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
     )
-    return out if with_counts else (out[0], out[1].new_empty(0), out[2].clone(), out[3].clone())
 
 
 @_sweep.register_fake

@@ -9,21 +9,42 @@ Runs on any device; clarity over speed (it materialises the noise it needs). The
     positions that are not masked (prompt tokens never change).
 
 ``sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score,
-argmax_final) -> (states, counts, residual, invalid)``
+argmax_final, with_counts) -> (states, counts, residual, invalid)``
     One Picard sweep over a window of ``W`` slices (``W = 1``: one tau-leaping step).
     ``x0`` int64 ``[B, L]`` is the window's first, exact state; slice ``w`` of sample ``b`` performs
-    global step ``steps[w, b]`` (``-1``: pass the state through unchanged) with the denoiser output
-    ``logits[rows[w, b]]`` (``[R, L, V]``, evaluated at the previous iterate's state of that slice).
-    Absorbing scan over slices, per position: a masked position's count ``K`` and unmask decision
-    come from the jump noise (mean: integer thresholds ``cdf``; score: ``rate`` times the row's
-    ``sum exp``); an unmasking position takes
-    ``argmax_{v != mask_id} logits[v] * inv_t + G[seed_b, j, l, v]`` with ``inv_t = 1.0f / float32(temperature)``
-    (a float32 multiply, as CUDA evaluates a division by a scalar, so that every device agrees)
-    (plain argmax at the final step ``N`` when ``argmax_final``). Outputs: ``states`` int64
-    ``[W, B, L]`` after each slice, ``counts`` int32 ``[W, B, L]`` (``K`` of masked positions, else 0),
-    ``residual`` int32 ``[W, B]`` = positions where ``states`` differs from ``prev``, and ``invalid``
-    int32 ``[W, B]`` = rows that had to be read and hold NaN or +inf, or only -inf, on non-mask
-    tokens (such a position stays masked; callers raise).
+    global step ``j = steps[w, b]`` with the denoiser output ``logits[rows[w, b]]`` (``[R, L, V]``,
+    evaluated at the previous iterate's state of that slice; read through its strides).
+
+    *Slices.* ``j < 0``: not live, the state passes through unchanged. ``0 <= j <= N``
+    (``N = cdf.shape[0] - 1``) with ``0 <= rows[w, b] < R``: a step. A live slice with ``j > N`` or
+    ``rows[w, b]`` outside ``[0, R)`` is a *bad slice*: it passes the state through exactly like
+    ``j = -1``, reads nothing, and reports ``invalid[w, b] = -1``. No index is ever read out of bounds.
+
+    *Jumps.* Absorbing scan over slices, per position: a masked position's count ``K`` and unmask
+    decision come from the jump noise: mean parametrization, ``K = #{k : x >= cdf[j, k]}``; score
+    parametrization, ``lambda = min(rate[j] * exp(logsumexp_{v != mask} logits[v]), FLT_MAX)``
+    (float32; the clamp makes an overflowing or infinite rate saturate: ``K = SCORE_MAX_JUMPS``, and
+    tweedie's ``p = min(1, lambda) = 1``), ``K`` the float32 Poisson inverse CDF at ``U`` (tweedie:
+    ``[U > 1 - min(1, lambda)]``); ``K = 1`` at the final step ``N``.
+
+    *Draw.* An unmasking position takes ``argmax_{v != mask_id} s_v + G[seed_b, j, l, v]`` with the
+    scaled logits ``s_v = logits[v] * inv_t``, ``inv_t = float32(1) / float32(temperature)`` (a float32
+    multiply, as CUDA evaluates a division by a scalar, so that every device agrees); the plain argmax
+    ``argmax_{v != mask_id} s_v`` at the final step ``N`` when ``argmax_final``. ``temperature = 0``
+    is greedy: every draw is the plain argmax of the raw logits (``s_v = logits[v]``, no noise). Ties
+    go to the lowest id.
+
+    *Invalid rows.* A row that has to be read (mean: at an unmask; score: at every live masked slice)
+    is invalid iff some ``s_v`` (``v != mask_id``) is NaN or +inf, or every ``s_v`` is -inf; so finite
+    logits that overflow to +inf under the scale make the row invalid, and those that overflow to
+    -inf only ban their token (as ``-inf`` logits do). An invalid row's position stays masked (no
+    token is ever taken from it; score parametrization: its count is 0).
+
+    Outputs: ``states`` int64 ``[W, B, L]`` after each slice; ``counts`` int32 ``[W, B, L]`` (``K`` of
+    masked positions at live slices, else 0) when ``with_counts``, else an empty int32 ``[0]`` (not
+    computed); ``residual`` int32 ``[W, B]`` = positions where ``states`` differs from ``prev``;
+    ``invalid`` int32 ``[W, B]`` = the number of invalid rows read by the slice, or ``-1`` for a bad
+    slice (callers raise on any nonzero value).
 """
 
 from __future__ import annotations
@@ -67,24 +88,33 @@ def unmask_table(x: torch.Tensor, seeds: torch.Tensor, cdf: torch.Tensor, mask_i
     return table
 
 
-def _bad_rows(rows: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Rows (``[n, V]``) holding NaN or +inf on a non-mask token, or nothing above -inf."""
-    clean = torch.cat([rows[:, :mask_id], rows[:, mask_id + 1 :]], 1)
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def _bad_rows(scaled: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Rows (``[n, V]`` scaled float32 values) holding NaN or +inf on a non-mask token, or nothing above -inf."""
+    clean = torch.cat([scaled[:, :mask_id], scaled[:, mask_id + 1 :]], 1)
     return torch.isnan(clean).any(1) | (clean == float("inf")).any(1) | (clean == float("-inf")).all(1)
 
 
-def _draw_tokens(rows, seeds, steps, positions, mask_id, temperature, argmax):
-    """Gumbel-max token of each row (``[n, V]`` float32), keyed by ``(seed, step, position, v)``."""
-    n, V = rows.shape
-    vocab = torch.arange(V, device=rows.device)
-    inv_t = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-    out = torch.empty(n, dtype=torch.int64, device=rows.device)
+def _inv_t(temperature: float) -> float:
+    """``float32(1) / float32(T)``; ``1`` when greedy (``T = 0``: raw logits)."""
+    if temperature == 0:
+        return 1.0
+    return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
+
+
+def _draw_tokens(scaled, seeds, steps, positions, mask_id, argmax):
+    """Gumbel-max token of each row (``[n, V]`` scaled float32), keyed by ``(seed, step, position, v)``;
+    plain argmax where ``argmax``."""
+    n, V = scaled.shape
+    vocab = torch.arange(V, device=scaled.device)
+    out = torch.empty(n, dtype=torch.int64, device=scaled.device)
     chunk = max(1, _ROW_CHUNK // V)
     for i in range(0, n, chunk):
         sl = slice(i, i + chunk)
-        scores = rows[sl] * inv_t
         g = gumbel_from_bits(gumbel_bits(seeds[sl, None], steps[sl, None], positions[sl, None], vocab))
-        scores = torch.where(argmax[sl, None], scores, scores + g)
+        scores = torch.where(argmax[sl, None], scaled[sl], scaled[sl] + g)
         scores[:, mask_id] = float("-inf")
         out[sl] = scores.argmax(1)
     return out
@@ -103,50 +133,59 @@ def _score_counts(bits, lam):
     return k
 
 
-def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final):
+def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
+          with_counts):
     W, B = steps.shape
     L = x0.shape[1]
     N = cdf.shape[0] - 1
+    R = logits.shape[0]
     device = x0.device
+    greedy = temperature == 0
+    inv_t = _inv_t(temperature)
     positions = torch.arange(L, device=device)
     states = torch.empty((W, B, L), dtype=torch.int64, device=device)
-    counts = torch.zeros((W, B, L), dtype=torch.int32, device=device)
-    invalid = torch.zeros((W, B), dtype=torch.int32, device=device)
+    counts = torch.zeros((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)
+    started = steps >= 0
+    good = started & (steps <= N) & (rows >= 0) & (rows < R)
+    invalid = torch.where(started & ~good, -1, 0).to(torch.int32)
     cur = x0.clone()
     for w in range(W):
-        step = steps[w]
-        live = step >= 0
+        live = good[w]
         masked = (cur == mask_id) & live[:, None]
-        j = step.clamp(min=0)
+        j = torch.where(live, steps[w], 0)
+        r = torch.where(live, rows[w], 0)
         bits = jump_bits(seeds[:, None], j[:, None], positions[None, :])
         if score:
             bb, ll = masked.nonzero(as_tuple=True)
-            s = logits[rows[w, bb], ll].to(torch.float32)
-            bad = _bad_rows(s, mask_id)
+            s = logits[r[bb], ll].to(torch.float32)
+            scaled = s * inv_t
+            bad = _bad_rows(scaled, mask_id)
             s[:, mask_id] = float("-inf")
-            x = rate[j[bb]] * torch.exp(torch.logsumexp(s, 1))
+            lam = (rate[j[bb]] * torch.exp(torch.logsumexp(s, 1))).clamp(max=FLT_MAX)
             if rule == TWEEDIE:
-                k = (uniform_from_bits(bits[bb, ll]) > 1.0 - x.clamp(max=1.0)).to(torch.int32)
+                k = (uniform_from_bits(bits[bb, ll]) > 1.0 - lam.clamp(max=1.0)).to(torch.int32)
             else:
-                k = _score_counts(bits[bb, ll], x)
+                k = _score_counts(bits[bb, ll], lam)
             k = torch.where(j[bb] == N, 1, k)
             k = torch.where(bad, 0, k).to(torch.int32)
-            counts[w, bb, ll] = k
+            if with_counts:
+                counts[w, bb, ll] = k
             go = _unmasks(k, rule) & ~bad
             invalid[w].index_add_(0, bb, bad.to(torch.int32))
-            ub, ul, srows = bb[go], ll[go], s[go]
+            ub, ul, scaled = bb[go], ll[go], scaled[go]
         else:
             k = torch.where(masked, _mean_counts(bits, cdf[j][:, None, :]), 0)
-            counts[w] = k
+            if with_counts:
+                counts[w] = k
             ub, ul = (masked & _unmasks(k, rule)).nonzero(as_tuple=True)
-            srows = logits[rows[w, ub], ul].to(torch.float32)
-            bad = _bad_rows(srows, mask_id)
+            scaled = logits[r[ub], ul].to(torch.float32) * inv_t
+            bad = _bad_rows(scaled, mask_id)
             invalid[w].index_add_(0, ub, bad.to(torch.int32))
-            ub, ul, srows = ub[~bad], ul[~bad], srows[~bad]
+            ub, ul, scaled = ub[~bad], ul[~bad], scaled[~bad]
         if ub.numel():
             js = j[ub]
-            tok = _draw_tokens(srows, seeds[ub], js, ul, mask_id, temperature, (js == N) & argmax_final)
-            cur[ub, ul] = tok
+            argmax = (js == N) & argmax_final if not greedy else torch.ones_like(js, dtype=torch.bool)
+            cur[ub, ul] = _draw_tokens(scaled, seeds[ub], js, ul, mask_id, argmax)
         states[w] = cur
     residual = (states != prev).sum(-1, dtype=torch.int32)
     return states, counts, residual, invalid

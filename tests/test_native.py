@@ -82,8 +82,8 @@ def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, ba
     )
 
 
-def _args(case, temperature, rule, score, argmax_final):
-    return (*case.values(), temperature, RULES.index(rule), score, argmax_final)
+def _args(case, temperature, rule, score, argmax_final, with_counts=True):
+    return (*case.values(), temperature, RULES.index(rule), score, argmax_final, with_counts)
 
 
 def _assert_same(got, want, what):
@@ -206,20 +206,35 @@ def test_the_ops_pick_native_on_cpu_and_can_be_forced():
 
 
 @needs_native
-def test_data_errors_name_the_argument():
+def test_out_of_range_rows_and_steps_are_bad_slices():
+    """Live slices with steps > N or rows outside [0, R) are flagged (invalid = -1), not raised on or read."""
     case = _case(2, W=2, B=2, L=6, V=11, N=4, rule="first", mask_id=10, prompt=0.0, passthrough=0.0, final=1.0)
-    steps = case["steps"].clone()
+    steps, rows = case["steps"].clone(), case["rows"].clone()
     steps[1, 0] = 99
-    with pytest.raises(RuntimeError, match="steps"):
-        torch.ops.pit_sampler_native.sweep(*_args({**case, "steps": steps}, 1.0, "first", False, False))
-    rows = case["rows"].clone()
     rows[0, 1] = 1000
-    with pytest.raises(RuntimeError, match="rows"):
-        torch.ops.pit_sampler_native.sweep(*_args({**case, "rows": rows}, 1.0, "first", False, False))
+    got = torch.ops.pit_sampler_native.sweep(*_args({**case, "steps": steps, "rows": rows}, 1.0, "first", False, False))
+    assert got[3][1, 0] == -1 and got[3][0, 1] == -1
     with pytest.raises(RuntimeError, match="logits"):
         torch.ops.pit_sampler_native.sweep(
             *_args({**case, "logits": case["logits"].double()}, 1.0, "first", False, False)
         )
+
+
+@needs_native
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+def test_strided_logits_equal_contiguous(score):
+    """Logits read in place through their strides give the contiguous result: a padded-vocab view (rows
+    start anywhere), a transposed one (vocab stride L) and an odd storage offset."""
+    case = _case(11, W=3, B=2, L=5, V=131, N=6, rule="first", mask_id=65, prompt=0.2, bad=0.1)
+    R, L, V = case["logits"].shape
+    want = torch.ops.pit_sampler_native.sweep(*_args(case, 0.7, "first", score, False))
+    padded = torch.randn(R, L, V + 61)
+    transposed = torch.empty(R, V, L).transpose(1, 2)
+    offset = torch.empty(3 + R * L * V)[3:].view(R, L, V)
+    for view in (padded[:, :, 5 : 5 + V], padded[:, :, :V], transposed, offset):
+        view.copy_(case["logits"])
+        got = torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": view}, 0.7, "first", score, False))
+        _assert_same(got, want, view.stride())
 
 
 def _sampler_kwargs(oracle, rule, parametrization="mean"):

@@ -1,7 +1,11 @@
 """Statistical and oracle tests of the sampling core (docs/sampler-spec.md sections 2-4).
 
 All on CPU with the reference backend forced (``ops.use_backend("reference")``), through the public
-ops (``ops.sweep``, ``ops.unmask_table``) and the samplers. Every random input has a fixed seed, so
+ops (``ops.sweep``, ``ops.unmask_table``) and the samplers; the token-draw and jump-count tests also
+run through every other CPU backend (native, the Triton interpreter), at a small and at GPT-2's
+vocabulary (``V = 50257``). The interpreter costs about 0.1-0.2 s per row drawn, so its cases use tens
+of draws (valid tests at the stated rates, with little power; its exact equality with the reference
+on the same noise keys is what ``tests/test_fuzz.py`` checks). Every random input has a fixed seed, so
 each test is deterministic; each statistical threshold is stated with its false-failure rate, i.e.
 the probability that a *correct* implementation fails it on a fresh seed:
 
@@ -84,6 +88,10 @@ def all_masked(B: int, L: int, mask_id: int) -> torch.Tensor:
     return torch.full((B, L), mask_id, dtype=torch.int64)
 
 
+STAT_BACKENDS = [b for b in ("native", "triton") if b in ops.available_backends("cpu")]
+ALL_BACKENDS = ["reference", *STAT_BACKENDS]
+
+
 def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_final=False, score=False):
     """``ops.sweep`` with W = 1: every sample performs global step ``step`` (int or ``[B]``)."""
     B = x0.shape[0]
@@ -152,7 +160,7 @@ def softmax_without(logits: torch.Tensor, mask_id: int, temperature: float) -> t
 
 
 @functools.cache
-def token_draws(case: int, B: int = 1200, L: int = 25, N: int = 40):
+def token_draws(case: int, B: int = 1200, L: int = 25, N: int = 40, backend: str = "reference"):
     """Draws ``[B, L]`` of one logits row from ``B * L`` keys (seed, step, position): sample ``b`` has
     per-sample seed ``sample_seeds(case)[b]`` and step ``b % (N + 1)``; with all-zero thresholds every
     masked position unmasks at every step (``K = 1``), and step ``N`` is the table's final fill."""
@@ -163,9 +171,10 @@ def token_draws(case: int, B: int = 1200, L: int = 25, N: int = 40):
     tables = step_tables(LogLinear(), time_grid(N), "reject")
     tables = type(tables)(torch.zeros_like(tables.cdf[:, :1]), tables.rate, tables.rule)
     step = torch.arange(B) % (N + 1)
-    states, counts, residual, invalid = one_sweep(
-        logits, step, all_masked(B, L, mask_id), seeds, tables, mask_id, temperature
-    )
+    with ops.use_backend(backend):
+        states, counts, residual, invalid = one_sweep(
+            logits, step, all_masked(B, L, mask_id), seeds, tables, mask_id, temperature
+        )
     assert bool((counts == 1).all()) and bool((invalid == 0).all())
     assert bool((residual == L).all())
     return states[0], torch.tensor(values, dtype=dtype), mask_id, temperature
@@ -184,6 +193,75 @@ def test_token_draw_matches_softmax(case):
     assert gof_pvalue(counts, want) > P_FAIL
     other = softmax_without(logits, mask_id, 1.5 - temperature)
     assert gof_pvalue(counts, other) < P_FAIL
+
+
+# (B, L) of the token draws per backend: 30000 draws, or 50 through the interpreter
+DRAW_SIZES = {"native": (1200, 25), "triton": (10, 5)}
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("case", [0, 3, 5])
+def test_token_draw_matches_softmax_on_every_backend(backend, case):
+    """The chi-square of ``test_token_draw_matches_softmax`` through the native and Triton backends
+    (fp32 / fp32 at T = 0.5 / bf16): false-failure rate 1e-4; the power check (the other temperature
+    is rejected) only with the 30000 native draws."""
+    B, L = DRAW_SIZES[backend]
+    draws, logits, mask_id, temperature = token_draws(case, B, L, backend=backend)
+    assert not bool((draws == mask_id).any()), "the mask id was drawn"
+    counts = torch.bincount(draws.reshape(-1), minlength=len(logits))
+    assert gof_pvalue(counts, softmax_without(logits, mask_id, temperature)) > P_FAIL
+    if B * L >= 10000:
+        assert gof_pvalue(counts, softmax_without(logits, mask_id, 1.5 - temperature)) < P_FAIL
+
+
+GPT2_V, GPT2_MASK = 50257, 40000
+# four cells of about a quarter of the mass: a token in the first tile, one mid-vocabulary, the last id
+# (in the partial last tile) and the rest of the vocabulary, binned by id range; the mask holds the top logit
+GPT2_SPECIAL = (3, 25000, GPT2_V - 1)
+LARGE_DRAWS = {"reference": (12, 10), "native": (300, 10), "triton": (4, 6)}
+
+
+def gpt2_row() -> torch.Tensor:
+    g = torch.Generator().manual_seed(50257)
+    row = torch.randn(GPT2_V, generator=g) * 0.5
+    rest = float(torch.logsumexp(row.double(), 0))
+    row[list(GPT2_SPECIAL)] = torch.tensor([rest, rest + 0.1, rest - 0.1], dtype=torch.float32)
+    row[GPT2_MASK] = rest + 10.0
+    return row
+
+
+def gpt2_cells(probs: torch.Tensor) -> torch.Tensor:
+    """Sum ``probs`` (or counts) over ``[V]`` into the cells: the special tokens, then 4 id ranges of the rest."""
+    special = probs[list(GPT2_SPECIAL)]
+    rest = probs.clone()
+    rest[list(GPT2_SPECIAL)] = 0
+    return torch.cat([special, torch.stack([c.sum() for c in rest.chunk(4)])])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_token_draw_matches_softmax_at_gpt2_vocabulary(backend, monkeypatch):
+    """``V = 50257`` rows (many vocabulary tiles, the pruning of tokens that cannot win): chi-square of the
+    draws, binned into 7 cells (3 special tokens, 4 id ranges of the rest), against the softmax; false-failure
+    rate 1e-4. Reference 120, native 3000, Triton 24 draws (the interpreter runs 16384-token tiles).
+    Power (native): the softmax at T = 2 is rejected."""
+    if backend == "triton":
+        from pit_sampler.triton_kernels import sweep as triton_sweep
+
+        monkeypatch.setattr(triton_sweep, "default_config",
+                            lambda device: triton_sweep.SweepConfig(block_v=16384, num_warps=1, target_programs=1))
+    B, L = LARGE_DRAWS[backend]
+    row = gpt2_row()
+    tables = step_tables(LogLinear(), time_grid(8), "reject")
+    tables = type(tables)(torch.zeros_like(tables.cdf[:, :1]), tables.rate, tables.rule)  # every position draws
+    with ops.use_backend(backend):
+        states, _, _, invalid = one_sweep(row.expand(1, L, GPT2_V).contiguous(), torch.arange(B) % 9,
+                                          all_masked(B, L, GPT2_MASK), pit_sampler.sample_seeds(7, B), tables,
+                                          GPT2_MASK)
+    assert bool((invalid == 0).all()) and not bool((states == GPT2_MASK).any())
+    counts = gpt2_cells(torch.bincount(states.reshape(-1), minlength=GPT2_V))
+    assert gof_pvalue(counts, gpt2_cells(softmax_without(row, GPT2_MASK, 1.0))) > P_FAIL
+    if B * L >= 3000:
+        assert gof_pvalue(counts, gpt2_cells(softmax_without(row, GPT2_MASK, 2.0))) < P_FAIL
 
 
 @pytest.mark.parametrize("case", [0, 3])
@@ -248,14 +326,17 @@ def test_poisson_thresholds_are_the_poisson_cdf():
 
 
 @functools.cache
-def step_counts(schedule_index: int, rule: str, j: int, B: int = 500, L: int = 100):
-    """Counts and unmask decisions of ``B * L`` masked positions performing step ``j`` (W = 1)."""
+def step_counts(schedule_index: int, rule: str, j: int, B: int = 500, L: int = 100, V: int = 2,
+                backend: str = "reference"):
+    """Counts and unmask decisions of ``B * L`` masked positions performing step ``j`` (W = 1); ``V = 2``:
+    one clean token (the draw is not under test here), or a larger vocabulary of random logits."""
     schedule = POISSON_SCHEDULES[schedule_index]
-    V, mask_id = 2, 1  # one clean token: the draw is not under test here
+    mask_id = V - 1
     tables = step_tables(schedule, POISSON_TIMES, rule)
-    logits = torch.zeros(1, L, V)
+    logits = torch.zeros(1, L, V) if V == 2 else torch.randn(1, L, V, generator=torch.Generator().manual_seed(V))
     seeds = pit_sampler.sample_seeds(77 + 10 * schedule_index + j, B)
-    states, counts, _, invalid = one_sweep(logits, j, all_masked(B, L, mask_id), seeds, tables, mask_id)
+    with ops.use_backend(backend):
+        states, counts, _, invalid = one_sweep(logits, j, all_masked(B, L, mask_id), seeds, tables, mask_id)
     assert bool((invalid == 0).all())
     return counts[0].reshape(-1), (states[0] != mask_id).reshape(-1)
 
@@ -264,23 +345,38 @@ def step_counts(schedule_index: int, rule: str, j: int, B: int = 500, L: int = 1
 POISSON_CASES = [(0, 0), (0, 3), (1, 3), (1, 5), (2, 1), (2, 3), (2, 5)]
 
 
+# (backend, B, L, V) of the jump-count tests: the reference's 50000 counts at V = 2; native also at
+# V = 50257 (10000 counts); the interpreter 128 counts at V = 2 (it reads every unmasking row; the mean
+# parametrization's counts come from the noise alone, whatever V)
+COUNT_SIZES = [("reference", 500, 100, 2)] + [
+    size for size in [("native", 500, 100, 2), ("native", 100, 100, 50257), ("triton", 8, 16, 2)]
+    if size[0] in STAT_BACKENDS
+]
+
+
+@pytest.mark.parametrize("size", COUNT_SIZES, ids=lambda s: f"{s[0]}-V{s[3]}")
 @pytest.mark.parametrize("schedule_index,j", POISSON_CASES)
 @pytest.mark.parametrize("rule", ["reject", "first"])
-def test_jump_counts_are_poisson(schedule_index, j, rule):
+def test_jump_counts_are_poisson(schedule_index, j, rule, size):
     """50000 counts of one step against Poisson(lambda_j = Delta_j r(t_j)) (chi-square, tail
     merged; false-failure rate 1e-4); the unmask decision is K == 1 (reject) or K >= 1 (first),
     exactly, with frequency lambda e^-lambda or 1 - e^-lambda (binomial test, rate 1e-4).
-    Power: Poisson(1.1 lambda) is rejected (checked for lambda >= 0.5)."""
+    Power: Poisson(1.1 lambda) is rejected (checked for lambda >= 0.5 with 50000 counts). Also through the
+    native backend (50000 counts at V = 2, 10000 at V = 50257) and the Triton interpreter (128 counts,
+    lambda = 0.6 only: each unmasking position costs the interpreter a row pass)."""
+    backend, B, L, V = size
+    if backend == "triton" and (schedule_index, j) != (0, 3):
+        pytest.skip("the interpreter runs one case (lambda = 0.6)")
     schedule = POISSON_SCHEDULES[schedule_index]
     lam = float((POISSON_TIMES[j] - POISSON_TIMES[j + 1]) * schedule.rate(POISSON_TIMES[j]))
-    counts, unmasked = step_counts(schedule_index, rule, j)
+    counts, unmasked = step_counts(schedule_index, rule, j, B, L, V, backend)
     kmax = int(counts.max())
     hist = torch.bincount(counts.to(torch.int64), minlength=kmax + 2)
     k = torch.arange(len(hist))
     pmf = torch.tensor(stats.poisson.pmf(k.numpy(), lam), dtype=torch.float64)
     pmf[-1] = stats.poisson.sf(len(hist) - 2, lam)  # the last cell: everything above
     assert gof_pvalue(hist, pmf) > P_FAIL
-    if lam >= 0.5:
+    if lam >= 0.5 and len(counts) >= 50000:
         wrong = torch.tensor(stats.poisson.pmf(k.numpy(), 1.1 * lam), dtype=torch.float64)
         wrong[-1] = stats.poisson.sf(len(hist) - 2, 1.1 * lam)
         assert gof_pvalue(hist, wrong) < P_FAIL

@@ -88,7 +88,8 @@ def test_gumbel_transform_over_the_whole_range():
 # ---------------------------------------------------------------------------------------------
 # Random sweep inputs
 # ---------------------------------------------------------------------------------------------
-def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False):
+def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False,
+                with_counts=True):
     """A window with prompts, already-unmasked positions, pass-through slices and the final step."""
     g = torch.Generator().manual_seed(seed)
     mask_id = V // 2 if mask_id is None else mask_id
@@ -117,7 +118,7 @@ def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperatu
     prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0, clean)
     seeds = torch.randint(-(2**62), 2**62, (B,), generator=g, dtype=torch.int64)
     args = (logits.to(dtype), rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, temperature,
-            RULES.index(rule), score, argmax_final)
+            RULES.index(rule), score, argmax_final, with_counts)
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 
 
@@ -205,6 +206,46 @@ def test_sweep_strided_logits():
     padded = torch.randn(args[0].shape[0], args[0].shape[1], 24, device=DEVICE)
     args[0] = padded[:, :, 2:21]  # rows start off 4-element alignment
     _check_sweep(tuple(args))
+
+
+def _gpu_launch():
+    """The GPU launch settings (256-token tiles, one warp, 4224 programs: the vocabulary gets split)."""
+    return triton_sweep.SweepConfig(block_v=256, num_warps=1, target_programs=4224)
+
+
+def _split_configs():
+    return [_gpu_launch(), triton_sweep.SweepConfig(block_v=64, num_warps=1, target_programs=1, block_l=2, v_split=3)]
+
+
+@pytest.mark.parametrize("kind", ["topk", "mask_last_1025", "suppressed_block"])
+def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
+    """Regression: with the vocabulary split over programs, a chunk whose values are all -inf (or only
+    the mask) has no candidate; it must not flag the row invalid (it used to win the merge as a bad key)."""
+    V, mask_id = (1025, 1024) if kind == "mask_last_1025" else (1025, 512)
+    args = list(_sweep_case(B=2, L=2, V=V, W=2, N=4, rule="first", score=False, dtype=torch.float32, seed=21,
+                            mask_id=mask_id))
+    logits = args[0].clone()
+    if kind == "topk":  # top-5 filtering: everything else -inf
+        keep = logits.topk(5, dim=2).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(2, keep, logits.gather(2, keep))
+    elif kind == "suppressed_block":
+        logits[:, :, 200:900] = float("-inf")  # whole vocabulary chunks hold nothing above -inf
+    args[0] = logits
+    for config in _split_configs():
+        states, _, _, invalid = _check_sweep(tuple(args), config)
+        assert bool((invalid == 0).all())
+    assert bool((states != args[3].unsqueeze(0)).any())
+
+
+def test_split_vocabulary_fuzz_case_tweedie_fp16():
+    """Regression (the shape of a fuzzing find): W=4, B=3, L=2, V=130, mask 65, tweedie, fp16, T=2, with
+    ids 0..63 suppressed (-inf) and the vocabulary split in chunks of 64 tokens, so chunk 0 has no candidate."""
+    args = list(_sweep_case(B=3, L=2, V=130, W=4, N=6, rule="tweedie", score=False, dtype=torch.float16, seed=4,
+                            mask_id=65, temperature=2.0))
+    args[0] = args[0].clone()
+    args[0][:, :, :64] = float("-inf")
+    for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16, v_split=3)]:
+        assert bool((_check_sweep(tuple(args), config)[3] == 0).all())
 
 
 @pytest.mark.parametrize("rule", RULES)

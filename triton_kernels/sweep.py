@@ -17,15 +17,26 @@ needs no loop over slices, and a row of logits is read only at that slice. The v
 split over ``v_split`` programs per position tile (small batches keep the GPU busy): each draws its
 chunk of the row and merges ``(score, token)`` into a per-position int64 key by ``atomic_max``
 (``key = monotone(score) << 31 | (2**31 - 1 - v)``: the larger score wins, ties go to the lowest
-``v``; ``0`` means no finite score, ``2**63 - 1`` a NaN/+inf logit). The last program of the tile
-to finish (an atomic counter) reads the keys, writes ``states``/``counts`` for all slices and adds
-the tile's ``residual``. A row that turns out invalid keeps the position masked (counted in
-``invalid``); that program then redraws at the position's next unmasking slice, full row, itself.
+``v``; ``0`` means the chunk has no candidate (nothing above -inf: all -inf, or only the mask),
+``2**63 - 1`` a NaN/+inf scaled logit, which wins the merge). The last program of the tile to finish
+(an atomic counter) reads the keys, writes ``states``/``counts`` for all slices and adds the tile's
+``residual``. The row is invalid iff the merged key is ``0`` (nothing above -inf in the whole row)
+or ``2**63 - 1``; it keeps the position masked (counted in ``invalid``), and that program then
+redraws at the position's next unmasking slice, full row, itself.
+
+*Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N`` and ``0 <= rows < R``; a slice
+with ``steps >= 0`` that is not live is *bad*: it passes through like ``steps = -1`` and the first
+program of its sample stores ``invalid = -1`` (nothing else touches that entry). Steps are clamped
+before any index, so no ``rows``/``steps`` value reads or writes out of bounds, without a host sync.
+
+*Options.* ``WITH_COUNTS = False`` skips every ``counts`` store (the host passes an empty tensor);
+``GREEDY`` (``temperature = 0``) turns the noise off at every step and leaves the logits unscaled.
 
 *Score parametrization* (``SCORE = True``). ``K`` needs ``S = sum_v exp(s_v)`` of the row, so the
 scan runs slice by slice: every masked position's row is read once per slice and the same pass
 computes the log-sum-exp and the Gumbel-max; ``K`` then comes from float32 Poisson CDFs
-(:func:`score_counts`) and decides whether the drawn token is taken.
+(:func:`score_counts`, with ``lambda`` clamped to ``FLT_MAX`` so that an overflow saturates at 64)
+and decides whether the drawn token is taken.
 
 Row pass (:func:`_row_pass`)
 ----------------------------
@@ -40,7 +51,9 @@ one division) off most tiles without changing any result: since ``E = -log U >= 
 ``~x <= 2**32 exp(-(M - margin - y_g))`` with ``y_g`` its group's largest scaled logit; a tile with
 no such token is skipped after its Philox words and one integer compare per group (``margin`` covers
 every float32 rounding, so skipped tokens score strictly below ``M``). NaN/+inf and all--inf rows are
-detected with a NaN-propagating running max. Tiles are visited in increasing ``v`` and replace the
+detected with a NaN-propagating running max of the raw logits per group, scaled at the end (``x -> x
+inv_t`` is monotone): validity is judged on the scaled values, so a finite logit that overflows to +inf
+makes the row invalid and one that overflows to -inf only bans its token. Tiles are visited in increasing ``v`` and replace the
 best only when strictly larger, so ties go to the lowest token id, as ``torch.argmax`` does. Logits
 are scaled by ``float32(1 / T)`` (what PyTorch's CUDA division by a scalar computes; the same as
 dividing when ``1 / T`` is a power of two).
@@ -156,8 +169,10 @@ def _row_pass(logits_ptr, row_off, stride_v, tile_lo, tile_hi, n_vtiles, V, mask
               k0, k1, step, position, noise,
               LSE: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr, GROUPS: tl.constexpr):
     """Gumbel-max (and log-sum-exp if ``LSE``) over the vocabulary tiles ``[tile_lo, tile_hi)`` of one
-    row. Returns ``(best, token, bad, lse)``: ``bad`` if a read logit is NaN/+inf or none is above
-    -inf (``best`` and ``token`` are then meaningless, ``token`` still a valid id)."""
+    row. Returns ``(best, token, bad, nonfinite, lse)`` judged on the scaled values ``s_v = x_v inv_t``
+    of the non-mask tokens read: ``nonfinite`` if some ``s_v`` is NaN/+inf, ``bad`` if so or if none is
+    above -inf (``best`` and ``token`` are then meaningless, ``token`` still a valid id). Scaling by
+    ``inv_t > 0`` is monotone, so the scaled group maxima are ``top * inv_t`` (NaN stays NaN)."""
     if ALIGNED:  # the row starts on a multiple of 4 elements: written so that the compiler can tell
         row_off = (row_off // 4) * 4
     row_ptr = logits_ptr + row_off
@@ -180,31 +195,51 @@ def _row_pass(logits_ptr, row_off, stride_v, tile_lo, tile_hi, n_vtiles, V, mask
         else:
             best, best_idx, top, s_g = _consume(x0, x1, x2, x3, grp, best, best_idx, top, s_g, mask_id, inv_t,
                                                 k0, k1, step, position, noise, False, LSE, SCALE)
-    bad = (tl.max((~(top <= FLT_MAX)).to(tl.int32)) > 0) | (tl.max(top) == NEG_INF)
+    top_s = top * inv_t if SCALE else top
+    nonfinite = tl.max((~(top_s <= FLT_MAX)).to(tl.int32)) > 0
+    bad = nonfinite | (tl.max(top_s) == NEG_INF)
     lse = best
     if LSE:
         m = tl.max(top)
         shift = tl.where(m == NEG_INF, 0.0, m)
         lse = m + tl.log(tl.sum(s_g * tl.exp(top - shift)))
-    return best, best_idx, bad, lse
+    return best, best_idx, bad, nonfinite, lse
 
 
 @triton.jit
-def _noise(step, N, ARGMAX_FINAL: tl.constexpr):
-    """Whether a draw at ``step`` adds Gumbel noise: all but the final fill under ``final="argmax"``."""
-    if ARGMAX_FINAL:
+def _noise(step, N, ARGMAX_FINAL: tl.constexpr, GREEDY: tl.constexpr):
+    """Whether a draw at ``step`` adds Gumbel noise: never when greedy, all but the final fill under
+    ``final="argmax"``."""
+    if GREEDY:
+        return step < 0
+    elif ARGMAX_FINAL:
         return step != N
     else:
         return step >= 0
 
 
 @triton.jit
-def _score_key(best, token, bad):
-    """The int64 merge key of a chunk's result (see the module docstring)."""
+def _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R):
+    """Steps of the slices ``ws`` of sample ``b`` and their kinds: ``live`` (a step: ``0 <= j <= N``,
+    ``0 <= rows < R``) and ``broken`` (a bad slice: ``j >= 0`` but out of range; it passes through and
+    reports ``invalid = -1``). Steps of other slices are clamped to 0, so nothing indexes out of bounds."""
+    in_w = ws < W
+    step = tl.load(steps_ptr + ws * B + b, mask=in_w, other=-1)
+    row = tl.load(rows_ptr + ws * B + b, mask=in_w, other=0)
+    live = (step >= 0) & (step <= N) & (row >= 0) & (row < R)
+    broken = (step >= 0) & ~live
+    return tl.where(live, step, 0), live, broken
+
+
+@triton.jit
+def _score_key(best, token, nonfinite):
+    """The int64 merge key of a chunk's result (see the module docstring): ``KEY_BAD`` for a NaN/+inf
+    score, ``0`` for a chunk with nothing above -inf (all -inf, or only the mask: no candidate; the row
+    is invalid only if every chunk says so)."""
     bits = (best + 0.0).to(tl.uint32, bitcast=True)  # + 0.0: -0.0 -> +0.0, as float compares them
     mono = tl.where(bits >= 0x80000000, ~bits, bits | 0x80000000).to(tl.int64)
     key = (mono << 31) | (token ^ BIG).to(tl.int64)  # 2**31 - 1 - token
-    return tl.where(bad, KEY_BAD, tl.where(best == NEG_INF, 0, key))
+    return tl.where(nonfinite, KEY_BAD, tl.where(best == NEG_INF, 0, key))
 
 
 @triton.jit
@@ -212,10 +247,11 @@ def _sweep_kernel(
     logits_ptr, rows_ptr, steps_ptr, x0_ptr, prev_ptr, seeds_ptr, cdf_ptr, rate_ptr,
     states_ptr, counts_ptr, residual_ptr, invalid_ptr, keys_ptr, done_ptr,
     logits_offset, stride_r, stride_l, stride_v,
-    B, L, V, W, N, KC, mask_id, inv_t,
+    B, L, V, W, N, KC, R, mask_id, inv_t,
     n_ltiles, v_split, chunk_tiles, n_vtiles,
     RULE: tl.constexpr, SCORE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK_L: tl.constexpr, W_PAD: tl.constexpr, GROUPS: tl.constexpr,
+    WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr,
 ):
     """One program: ``BLOCK_L`` positions of sample ``b`` (and vocabulary chunk ``s`` when ``SCORE`` is false)."""
     pid = tl.program_id(0)
@@ -226,13 +262,18 @@ def _sweep_kernel(
     in_l = offs < L
     k0, k1 = seed_key(tl.load(seeds_ptr + b))
     x0 = tl.load(x0_ptr + b.to(tl.int64) * L + offs, mask=in_l, other=0)
+    if (tile % n_ltiles == 0) & (s == 0):  # one program per sample flags its bad slices
+        ws = tl.arange(0, W_PAD)
+        broken = _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R)[2]
+        tl.store(invalid_ptr + ws * B + b, tl.full((W_PAD,), -1, tl.int32), mask=broken)
     if SCORE:
         _score_scan(logits_ptr, rows_ptr, steps_ptr, prev_ptr, rate_ptr, states_ptr, counts_ptr, residual_ptr,
                     invalid_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                    B, L, V, W, N, mask_id, inv_t, n_vtiles,
-                    RULE, ARGMAX_FINAL, SCALE, ALIGNED, GROUPS)
+                    B, L, V, W, N, R, mask_id, inv_t, n_vtiles,
+                    RULE, ARGMAX_FINAL, SCALE, ALIGNED, GROUPS, WITH_COUNTS, GREEDY)
     else:
-        first = _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, KC, mask_id, RULE, W_PAD)[2]
+        first = _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id, RULE,
+                           W_PAD)[2]
         # this program's share of the draws: vocabulary chunk s of every unmasking position
         tile_lo = s * chunk_tiles
         tile_hi = tl.minimum(tile_lo + chunk_tiles, n_vtiles)
@@ -243,28 +284,27 @@ def _sweep_kernel(
             w = tl.min(tl.where(offs == l, first, W_PAD))
             j = tl.load(steps_ptr + w * B + b)
             row_off = logits_offset + tl.load(rows_ptr + w * B + b) * stride_r + l.to(tl.int64) * stride_l
-            noise = _noise(j, N, ARGMAX_FINAL)
-            best, token, bad, lse = _row_pass(logits_ptr, row_off, stride_v, tile_lo, tile_hi, n_vtiles, V, mask_id,
-                                            inv_t, k0, k1, j, l, noise, False, SCALE, ALIGNED, GROUPS)
-            tl.atomic_max(keys_ptr + b.to(tl.int64) * L + l, _score_key(best, token, bad))
+            noise = _noise(j, N, ARGMAX_FINAL, GREEDY)
+            best, token, bad, nonfinite, lse = _row_pass(logits_ptr, row_off, stride_v, tile_lo, tile_hi, n_vtiles,
+                                                         V, mask_id, inv_t, k0, k1, j, l, noise, False, SCALE,
+                                                         ALIGNED, GROUPS)
+            tl.atomic_max(keys_ptr + b.to(tl.int64) * L + l, _score_key(best, token, nonfinite))
         tl.debug_barrier()
         if tl.atomic_add(done_ptr + tile, 1) == v_split - 1:  # the tile's last program: finish it
             _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr, counts_ptr, residual_ptr,
                          invalid_ptr, keys_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0,
-                         k0, k1, B, L, V, W, N, KC, mask_id, inv_t, n_vtiles,
-                         RULE, ARGMAX_FINAL, SCALE, ALIGNED, W_PAD, GROUPS)
+                         k0, k1, B, L, V, W, N, KC, R, mask_id, inv_t, n_vtiles,
+                         RULE, ARGMAX_FINAL, SCALE, ALIGNED, W_PAD, GROUPS, WITH_COUNTS, GREEDY)
 
 
 @triton.jit
-def _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, KC, mask_id,
+def _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id,
                RULE: tl.constexpr, W_PAD: tl.constexpr):
     """Jump counts ``k`` and unmask decisions ``go`` of every (position, slice) of the tile, as
     ``[BLOCK_L, W_PAD]`` blocks (0 and false where the position is not masked in ``x0`` or the slice
-    is not live), and each position's first unmasking slice (``W_PAD`` if none)."""
+    is not live: passed through or bad), and each position's first unmasking slice (``W_PAD`` if none)."""
     ws = tl.arange(0, W_PAD)
-    step = tl.load(steps_ptr + ws * B + b, mask=ws < W, other=-1)
-    live = step >= 0
-    step = tl.maximum(step, 0)
+    step, live, _ = _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R)
     masked = (x0 == mask_id) & in_l
     bits = jump_bits(k0, k1, step[None, :], offs[:, None])
     k = tl.where(masked[:, None] & live[None, :], mean_counts(bits, cdf_ptr, step[None, :], live[None, :], KC), 0)
@@ -276,12 +316,13 @@ def _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, KC, mask_id,
 @triton.jit
 def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr, counts_ptr, residual_ptr,
                  invalid_ptr, keys_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                 B, L, V, W, N, KC, mask_id, inv_t, n_vtiles,
+                 B, L, V, W, N, KC, R, mask_id, inv_t, n_vtiles,
                  RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
-                 W_PAD: tl.constexpr, GROUPS: tl.constexpr):
+                 W_PAD: tl.constexpr, GROUPS: tl.constexpr, WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr):
     """Decode the merged keys, redraw after invalid rows, write every slice of the tile (the scan is
     recomputed here rather than kept in registers through the draws)."""
-    k, go, first = _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, KC, mask_id, RULE, W_PAD)
+    k, go, first = _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id,
+                              RULE, W_PAD)
     ws = tl.arange(0, W_PAD)
     drew = first < W_PAD
     key = tl.where(drew, tl.atomic_max(keys_ptr + b.to(tl.int64) * L + offs, 0, mask=drew), 0)
@@ -299,9 +340,9 @@ def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr,
         if nxt < W_PAD:
             j = tl.load(steps_ptr + nxt * B + b)
             row_off = logits_offset + tl.load(rows_ptr + nxt * B + b) * stride_r + l.to(tl.int64) * stride_l
-            noise = _noise(j, N, ARGMAX_FINAL)
-            top, tok, bad, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id, inv_t,
-                                       k0, k1, j, l, noise, False, SCALE, ALIGNED, GROUPS)
+            noise = _noise(j, N, ARGMAX_FINAL, GREEDY)
+            top, tok, bad, _, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id, inv_t,
+                                              k0, k1, j, l, noise, False, SCALE, ALIGNED, GROUPS)
             here = (offs == l) & ~bad
             token = tl.where(here, tok.to(tl.int64), token)
             final = tl.where(here, nxt, final)
@@ -314,7 +355,8 @@ def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr,
     idx = (ws[None, :].to(tl.int64) * B + b) * L + offs[:, None]
     keep = in_l[:, None] & (ws[None, :] < W)
     tl.store(states_ptr + idx, states, mask=keep)
-    tl.store(counts_ptr + idx, counts, mask=keep)
+    if WITH_COUNTS:
+        tl.store(counts_ptr + idx, counts, mask=keep)
     prev = tl.load(prev_ptr + idx, mask=keep, other=0)
     changed = tl.sum(((states != prev) & keep).to(tl.int32), axis=0)
     tl.atomic_add(residual_ptr + ws * B + b, changed, mask=changed > 0)
@@ -323,42 +365,45 @@ def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr,
 @triton.jit
 def _score_scan(logits_ptr, rows_ptr, steps_ptr, prev_ptr, rate_ptr, states_ptr, counts_ptr, residual_ptr,
                 invalid_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                B, L, V, W, N, mask_id, inv_t, n_vtiles,
+                B, L, V, W, N, R, mask_id, inv_t, n_vtiles,
                 RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
-                GROUPS: tl.constexpr):
-    """Score parametrization: slice by slice, one pass per masked row (log-sum-exp + Gumbel-max)."""
+                GROUPS: tl.constexpr, WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr):
+    """Score parametrization: slice by slice, one pass per masked row (log-sum-exp + Gumbel-max);
+    ``lambda = min(rate[j] exp(lse), FLT_MAX)`` (an overflow saturates the count instead of making the
+    Poisson CDF NaN; NaN stays NaN, as ``torch.clamp``)."""
     cur = x0
     for w in range(W):
-        j = tl.load(steps_ptr + w * B + b)
+        jc, live, _ = _slices(rows_ptr, steps_ptr, w, b, B, W, N, R)
         r = tl.load(rows_ptr + w * B + b)
-        jc = tl.maximum(j, 0)
-        pending = (cur == mask_id) & in_l & (j >= 0)
+        pending = (cur == mask_id) & in_l & live
         u_all = uniform_from_bits(jump_bits(k0, k1, jc, offs))
         count = tl.zeros(offs.shape, tl.int32)
         n_bad = tl.full((), 0, tl.int32)
         rate = tl.load(rate_ptr + jc)
-        noise = _noise(j, N, ARGMAX_FINAL)
+        noise = _noise(jc, N, ARGMAX_FINAL, GREEDY)
         while tl.max(pending.to(tl.int32)) > 0:
             l = tl.min(tl.where(pending, offs, BIG))
             here = offs == l
             pending = pending & ~here
             row_off = logits_offset + r * stride_r + l.to(tl.int64) * stride_l
-            top, tok, bad, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id, inv_t,
-                                         k0, k1, jc, l, noise, True, SCALE, ALIGNED, GROUPS)
+            top, tok, bad, _, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id,
+                                              inv_t, k0, k1, jc, l, noise, True, SCALE, ALIGNED, GROUPS)
             lam = rate * tl.exp(lse)
+            lam = tl.where(lam > FLT_MAX, FLT_MAX, lam)
             u = tl.sum(tl.where(here, u_all, 0.0))
             if RULE == TWEEDIE:
-                kl = (u > 1.0 - tl.minimum(lam, 1.0)).to(tl.int32)
+                kl = (u > 1.0 - tl.where(lam > 1.0, 1.0, lam)).to(tl.int32)  # NaN stays NaN, as torch.clamp
             else:
                 kl = score_counts(u, lam)
-            kl = tl.where(j == N, 1, kl)
+            kl = tl.where(jc == N, 1, kl)
             kl = tl.where(bad, 0, kl)
             count = tl.where(here, kl, count)
             cur = tl.where(here & unmasks(kl, RULE) & ~bad, tok.to(tl.int64), cur)
             n_bad += bad.to(tl.int32)
         idx = (w * B + b).to(tl.int64) * L + offs
         tl.store(states_ptr + idx, cur, mask=in_l)
-        tl.store(counts_ptr + idx, count, mask=in_l)
+        if WITH_COUNTS:
+            tl.store(counts_ptr + idx, count, mask=in_l)
         prev = tl.load(prev_ptr + idx, mask=in_l, other=0)
         changed = tl.sum(((cur != prev) & in_l).to(tl.int32))
         tl.atomic_add(residual_ptr + w * B + b, changed, mask=changed > 0)
@@ -400,7 +445,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
-          config: SweepConfig | None = None):
+          with_counts, config: SweepConfig | None = None):
     """The ``sweep`` op (contract: :mod:`pit_sampler.reference`) in one launch of :func:`_sweep_kernel`.
 
     The index tensors are made contiguous (a no-op for the samplers' inputs); ``logits`` is read in
@@ -412,7 +457,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     N, KC = cdf.shape[0] - 1, cdf.shape[1]
     device = x0.device
     states = torch.empty((W, B, L), dtype=torch.int64, device=device)
-    counts = torch.empty((W, B, L), dtype=torch.int32, device=device)
+    counts = torch.empty((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)
     residual = torch.zeros((W, B), dtype=torch.int32, device=device)
     invalid = torch.zeros((W, B), dtype=torch.int32, device=device)
     if W * B * L == 0:
@@ -429,7 +474,8 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
         and (stride_r % 4 == 0 or logits.shape[0] <= 1)
         and (stride_l % 4 == 0 or L <= 1)
     )
-    inv_t = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
+    greedy = temperature == 0
+    inv_t = 1.0 if greedy else float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
     num_warps, block_v = cfg.num_warps, cfg.block_v
     if score and 2 * B * L < cfg.target_programs:  # one program per position: widen them to fill the GPU
         num_warps, block_v = 4 * num_warps, 4 * block_v
@@ -452,10 +498,11 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     _sweep_kernel[(n_tiles * v_split,)](
         base, rows, steps, x0, prev, seeds, cdf, rate, states, counts, residual, invalid, keys, done,
         offset, stride_r, stride_l, stride_v,
-        B, L, V, W, N, KC, mask_id, inv_t,
+        B, L, V, W, N, KC, logits.shape[0], mask_id, inv_t,
         n_ltiles, v_split, chunk_tiles, n_vtiles,
         RULE=rule, SCORE=bool(score), ARGMAX_FINAL=bool(argmax_final), SCALE=inv_t != 1.0,
         ALIGNED=aligned, BLOCK_L=block_l, W_PAD=w_pad, GROUPS=groups,
+        WITH_COUNTS=bool(with_counts), GREEDY=bool(greedy),
         num_warps=num_warps, enable_fp_fusion=False,
     )
     return states, counts, residual, invalid

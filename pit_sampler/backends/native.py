@@ -116,9 +116,10 @@ def _supports(device: torch.device) -> bool:
     return has_kernel(device.type)
 
 
-def _sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final):
+def _sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
+           with_counts):
     return torch.ops.pit_sampler_native.sweep(
-        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final
+        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
     )
 
 
