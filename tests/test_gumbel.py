@@ -242,7 +242,7 @@ def test_sweep_token_draw_uses_the_gumbel_stream():
     rows = torch.arange(B).view(1, B)
     with ops.use_backend("reference"):
         states, counts, _, invalid = ops.sweep(
-            logits, rows, steps, x0, x0.unsqueeze(0), seeds, cdf, rate, mask_id, T, 0
+            logits, rows, steps, x0, x0.unsqueeze(0), seeds, cdf, rate, mask_id, T, 0, with_counts=True
         )
     assert ops.last_backend("sweep") == "reference"
     assert bool((counts == 1).all()) and bool((invalid == 0).all())
@@ -277,6 +277,7 @@ def test_sweep_jump_decision_uses_the_jump_stream():
                 thresholds,
                 rate,
                 mask_id,
+                with_counts=True,
             )
         for b in range(B):
             for l in range(L):

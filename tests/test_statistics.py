@@ -111,6 +111,7 @@ def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_
         tables.rule,
         score,
         argmax_final,
+        with_counts=True,
     )
 
 
