@@ -117,6 +117,7 @@ class _Sampler:
         self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
         self.vocab_size, self.progress = None if vocab_size is None else int(vocab_size), progress
         self.rule_id = self.tables.rule
+        self.compiled = bool(compile)
         self._step = torch.compile(self.step, fullgraph=True) if compile else self.step
 
     # -- what each subclass decides -----------------------------------------------------------
@@ -436,7 +437,7 @@ class PITSampler(_Sampler):
             return None
         key = (tuple(x.shape), x.device)
         if key not in self._policies:
-            self._policies[key] = WindowPolicy(max_window=AUTO_MAX_WINDOW, warmup=int(self._step is not self.step))
+            self._policies[key] = WindowPolicy(max_window=AUTO_MAX_WINDOW, warmup=int(self.compiled))
         return self._policies[key]
 
     def _accept(self, residual, live, iters_here, length):

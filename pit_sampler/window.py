@@ -13,15 +13,18 @@ The quantity that matters is the *throughput* of a window size, accepted steps p
 and the policy picks the ``W`` (a power of two, at most ``max_window``) that maximises it: a hill climb
 over ``1, 2, 4, ...``. It starts from the best ``W`` known for these shapes (``W = 1``, the sequential
 sampler, the first time), measures each window for ``probe_rounds`` rounds, moves up while throughput
-grows by more than ``gain`` and back down when it drops, and re-probes the neighbours of the current
-window after ``backoff`` rounds, the interval doubling after every probe that loses (so a device on
+grows by more than ``gain`` (two sizes at once after a probe that raised it by more than 1.6x) and
+back down when it drops, and re-probes the neighbours of the current window after ``backoff``
+rounds, the interval doubling after every probe that loses (so a device on
 which PIT never pays costs a few probe rounds, about ``log2(rounds)`` of them, and otherwise runs
 ``W = 1``). Throughputs are exponential moving averages (``smoothing``), so the choice follows a
 run whose convergence changes, and they are kept between ``sample()`` calls with the same shapes.
 
 Exactness is unaffected: any sequence of windows gives the sequential tokens (``tol = 0``). Timing is
 honest on CUDA: the sampler synchronises the device around every timed call (one host sync per round,
-which the fixed-window path does not pay). The first call of a run is not used (warm-up).
+which the fixed-window path does not pay). Not measured: the first call of a run (warm-up), and a
+round whose window differs from the previous round's (its new slots start from guesses, so its
+acceptance is not the window's steady state: a probe therefore lasts ``probe_rounds + 1`` rounds).
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ from dataclasses import dataclass, field
 class WindowStats:
     """What one window size measured: exponential moving averages per round."""
 
-    throughput: float = 0.0  # accepted steps per second
+    throughput: float = 0.0  # accepted steps per second (averages' ratio)
     seconds: float = 0.0  # wall time per call
     rows: float = 0.0  # rows per call
     accepted: float = 0.0  # accepted steps per call (all samples)
     rounds: int = 0
 
-    def update(self, throughput: float, seconds: float, rows: int, accepted: int, smoothing: float) -> None:
+    def update(self, seconds: float, rows: int, accepted: int, smoothing: float) -> None:
+        """Fold in one round. ``throughput`` is the ratio of the averages (steps accepted per round
+        vary a lot from round to round; a ratio of averages is far steadier than an average of ratios)."""
         a = 1.0 if self.rounds == 0 else smoothing
-        self.throughput += a * (throughput - self.throughput)
         self.seconds += a * (seconds - self.seconds)
         self.rows += a * (rows - self.rows)
         self.accepted += a * (accepted - self.accepted)
+        self.throughput = self.accepted / max(self.seconds, 1e-9)
         self.rounds += 1
 
 
@@ -56,7 +61,7 @@ class WindowPolicy:
     are not measured (compilation, CUDA graph capture, allocator growth)."""
 
     max_window: int = 64
-    probe_rounds: int = 1
+    probe_rounds: int = 2
     gain: float = 0.05
     backoff: int = 8
     smoothing: float = 0.3
@@ -70,6 +75,8 @@ class WindowPolicy:
     _next_probe: int = 0
     _interval: int = 0
     _round: int = 0
+    _last_window: int = 0
+    _stride: int = 2  # how far the next upward probe reaches: 4 after a probe that nearly doubled T
     limit: int = 1
 
     def __post_init__(self):
@@ -101,7 +108,8 @@ class WindowPolicy:
 
     def _candidate(self) -> int | None:
         """The neighbour (``2 W`` or ``W / 2``) measured longest ago (never measured: first), up first."""
-        options = [w for w in (2 * self.current, self.current // 2) if 1 <= w <= self.limit]
+        top = 1 << (self.limit.bit_length() - 1)  # the largest power of two within the limit
+        options = [w for w in (min(self._stride * self.current, top), self.current // 2) if 1 <= w != self.current]
         if not options:
             return None
         return min(options, key=lambda w: self._measured_at.get(w, -1))
@@ -111,10 +119,10 @@ class WindowPolicy:
         self._round += 1
         calls = self._calls.get(window, 0) + 1
         self._calls[window] = calls
-        if self._round == 1 or calls <= self.warmup:
-            return  # the run's first call, or a window size's first calls: not representative
-        throughput = accepted / max(seconds, 1e-9)
-        self.stats.setdefault(window, WindowStats()).update(throughput, seconds, rows, accepted, self.smoothing)
+        transition, self._last_window = window != self._last_window, window
+        if self._round == 1 or transition or calls <= self.warmup:
+            return  # the run's first call, a round that changed the window, a size's first calls (compile)
+        self.stats.setdefault(window, WindowStats()).update(seconds, rows, accepted, self.smoothing)
         self._measured_at[window] = self._round
         if window != self._trial:
             return
@@ -122,11 +130,14 @@ class WindowPolicy:
         if self._trial_left > 0:
             return
         self._trial = None
-        if self._throughput(window) > (1.0 + self.gain) * self._throughput(self.current):
+        ratio = self._throughput(window) / self._throughput(self.current)
+        if ratio > 1.0 + self.gain:
+            self._stride = 4 if window > self.current and ratio > 1.6 else 2
             self.current = window  # moved: probe the next neighbour right away
             self._interval = self.backoff
             self._next_probe = self._round
         else:
+            self._stride = 2
             self._interval *= 2  # lost: wait longer before the next probe
             self._next_probe = self._round + self._interval
 
