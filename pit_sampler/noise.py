@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import torch
 
+from .validation import check_dense_tensor, is_int
+
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
@@ -72,15 +74,23 @@ def _key(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sample_seeds(seed: int | torch.Tensor, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-sample seeds ``LongTensor[batch]``: derived from an ``int`` seed and the slot, or checked and returned."""
+    """Per-sample seeds ``LongTensor[batch]``: derived from an ``int`` seed and the slot, or checked and returned.
+
+    An int seed may lie anywhere in ``[-2**63, 2**64)``: its 64 bits are the key (``[2**63, 2**64)``
+    wraps to the int64 with the same bits); numpy integers are welcome, ``bool`` is not."""
     if isinstance(seed, torch.Tensor):
+        check_dense_tensor("seed", seed)
         if seed.dtype != torch.int64 or seed.shape != (batch,):
             raise TypeError(
                 f"seed must be an int or a LongTensor of shape [{batch}], got {seed.dtype} {tuple(seed.shape)}"
             )
         return seed.to(device)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a LongTensor[B], got {type(seed).__name__}")
+    if not is_int(seed):
+        raise TypeError(f"seed must be an int or a LongTensor[B], got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64) (64 bits), got {seed}")
+    seed = seed - 2**64 if seed >= 2**63 else seed
     k0, k1 = _key(torch.tensor(seed, dtype=torch.int64))
     b = torch.arange(batch, dtype=torch.int64)
     w0, w1, _, _ = philox4x32(b, 0, 0, STREAM_SEED, k0, k1)

@@ -268,7 +268,7 @@ class _Sampler:
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
         device, (B, L) = x_init.device, x_init.shape
-        seeds = sample_seeds(_checked_seed(seed, B), B, device)
+        seeds = sample_seeds(seed, B, device)
         tables = self.tables.to(device)
         times = self.times.to(device=device, dtype=torch.float32)
         plan, total = self._plan(x_init, seeds, tables)
@@ -276,7 +276,7 @@ class _Sampler:
         policy = self._window_policy(x_init)
         if policy is not None:
             policy.start(S)
-        W = min(self.window, S) if policy is None else policy.choose()  # never more slots than plan steps
+        W = min(self.window, S) if policy is None else policy.current  # never more slots than plan steps
         pos = torch.zeros(B, dtype=torch.int64, device=device)
         iters_here = torch.zeros(B, dtype=torch.int64, device=device)
         window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
@@ -348,20 +348,6 @@ def _resize_window(window: Tensor, size: int) -> Tensor:
     if extra <= 0:
         return window[: size + 1]
     return torch.cat([window, window[-1:].expand(extra, *window.shape[1:])])
-
-
-def _checked_seed(seed, batch: int):
-    """``seed`` as ``sample_seeds`` takes it: an int in int64 range (``[2**63, 2**64)`` is wrapped to
-    the same 64 bits), or a dense int64 tensor ``[batch]``; numpy integers are welcome."""
-    if isinstance(seed, Tensor):
-        check_dense_tensor("seed", seed)
-        return seed
-    if not is_int(seed):
-        raise TypeError(f"seed must be an int or an int64 tensor [B], got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must lie in [-2**63, 2**64) (64 bits), got {seed}")
-    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def _progress(enabled: bool, total: int, name: str):

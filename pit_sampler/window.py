@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 class WindowStats:
     """What one window size measured: exponential moving averages per round."""
 
-    throughput: float = 0.0  # accepted steps per second (averages' ratio)
     seconds: float = 0.0  # wall time per call
     rows: float = 0.0  # rows per call
     accepted: float = 0.0  # accepted steps per call (all samples)
@@ -50,8 +49,12 @@ class WindowStats:
         self.seconds += a * (seconds - self.seconds)
         self.rows += a * (rows - self.rows)
         self.accepted += a * (accepted - self.accepted)
-        self.throughput = self.accepted / max(self.seconds, 1e-9)
         self.rounds += 1
+
+    @property
+    def throughput(self) -> float:
+        """Accepted steps per second: the ratio of the averages."""
+        return self.accepted / max(self.seconds, 1e-9)
 
 
 @dataclass
@@ -144,4 +147,5 @@ class WindowPolicy:
     def report(self) -> dict:
         """The cost model as measured: per window, throughput (accepted steps per second), seconds and
         rows per call, accepted steps per call, rounds measured; and the window now chosen."""
-        return {"chosen": self.current, "windows": {w: vars(s).copy() for w, s in sorted(self.stats.items())}}
+        return {"chosen": self.current,
+                "windows": {w: {"throughput": s.throughput, **vars(s)} for w, s in sorted(self.stats.items())}}
