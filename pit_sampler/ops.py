@@ -164,19 +164,21 @@ def _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, tempe
         raise TypeError(f"logits must be one of {LOGITS_DTYPES}, got {logits.dtype}")
     if logits.layout != torch.strided:
         raise TypeError(f"logits must be a dense (strided) tensor, got layout {logits.layout}")
-    for name, t, ndim in (("rows", rows, 2), ("steps", steps, 2), ("x0", x0, 2), ("prev", prev, 3)):
+    for name, t, ndim in (("rows", rows, 3), ("steps", steps, 2), ("x0", x0, 2), ("prev", prev, 3)):
         _check_tensor(name, t, torch.int64, ndim)
     _check_common(x0, seeds, cdf, mask_id, rule)
     B, L = x0.shape
     W = steps.shape[0]
-    if not (logits.dim() == 3 and logits.shape[1] == L):
-        raise ValueError(f"logits must have shape [R, {L}, V], got {tuple(logits.shape)}")
-    if mask_id >= logits.shape[2]:
-        raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[2]}")
-    if not (tuple(steps.shape) == (W, B) and tuple(rows.shape) == (W, B)):
-        raise ValueError(f"rows and steps must have shape [W, {B}], got {tuple(rows.shape)} and {tuple(steps.shape)}")
-    if tuple(prev.shape) != (W, B, L):
-        raise ValueError(f"prev must have shape [{W}, {B}, {L}], got {tuple(prev.shape)}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [M, V] (packed rows), got {tuple(logits.shape)}")
+    if mask_id >= logits.shape[1]:
+        raise ValueError(f"mask_id={mask_id} is out of range for vocab size V={logits.shape[1]}")
+    if tuple(steps.shape) != (W, B):
+        raise ValueError(f"steps must have shape [W, {B}], got {tuple(steps.shape)}")
+    if tuple(rows.shape) != (W, B, L):
+        raise ValueError(f"rows must have shape [{W}, {B}, {L}], got {tuple(rows.shape)}")
+    if not (prev.shape[0] <= W and tuple(prev.shape[1:]) == (B, L)):
+        raise ValueError(f"prev must have shape [P, {B}, {L}] with P <= {W}, got {tuple(prev.shape)}")
     _check_tensor("rate", rate, torch.float32, 1)
     if rate.shape[0] != cdf.shape[0]:
         raise ValueError(f"rate must have shape [{cdf.shape[0]}] (one per cdf row), got {tuple(rate.shape)}")
@@ -228,7 +230,7 @@ def _(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rul
     return (
         x0.new_empty((W, B, L)),
         x0.new_empty((W, B, L) if with_counts else (0,), dtype=torch.int32),
-        x0.new_empty((W, B), dtype=torch.int32),
+        x0.new_empty((prev.shape[0], B), dtype=torch.int32),
         x0.new_empty((W, B), dtype=torch.int32),
     )
 
@@ -257,12 +259,15 @@ def sweep(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
 
-    Shapes: ``logits [R, L, V]`` (fp32/bf16/fp16, any strides), ``rows``/``steps`` int64 ``[W, B]``,
-    ``x0`` int64 ``[B, L]``, ``prev`` int64 ``[W, B, L]``, ``seeds`` int64 ``[B]``, ``cdf`` int64
-    ``[N + 1, K]``, ``rate`` float32 ``[N + 1]``. ``temperature = 0`` is greedy. ``counts`` is
-    ``int32 [W, B, L]`` with ``with_counts``, else empty (``[0]``: nothing written). ``invalid[w, b]``
-    counts rows that hold NaN/+inf (or only -inf) after the ``1/T`` scaling, and is ``-1`` for a live
-    slice whose step or row index is out of range (nothing read). See :mod:`pit_sampler.reference`.
+    Shapes: ``logits [M, V]`` packed rows (fp32/bf16/fp16, any strides), ``rows`` int64 ``[W, B, L]``
+    (the row each slice's position reads; a full ``[R, L, V]`` output is ``logits.view(R * L, V)``
+    with ``rows = r * L + l``), ``steps`` int64 ``[W, B]``, ``x0`` int64 ``[B, L]``, ``prev`` int64
+    ``[P, B, L]`` (``P <= W``), ``seeds`` int64 ``[B]``, ``cdf`` int64 ``[N + 1, K]``, ``rate``
+    float32 ``[N + 1]``. ``temperature = 0`` is greedy. ``counts`` is ``int32 [W, B, L]`` with
+    ``with_counts``, else empty (``[0]``: nothing written). ``residual`` is ``int32 [P, B]``.
+    ``invalid[w, b]`` counts rows that hold NaN/+inf (or only -inf) after the ``1/T`` scaling, and is
+    ``-1`` for a slice whose step is past ``N`` or that needed a row outside ``[0, M)`` (nothing read
+    there). See :mod:`pit_sampler.reference`.
     Only shapes, dtypes, devices and scalars are checked (nothing data-dependent: traces without breaks).
     """
     _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)

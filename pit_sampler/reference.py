@@ -12,13 +12,19 @@ Runs on any device; clarity over speed (it materialises the noise it needs). The
 argmax_final, with_counts) -> (states, counts, residual, invalid)``
     One Picard sweep over a window of ``W`` slices (``W = 1``: one tau-leaping step).
     ``x0`` int64 ``[B, L]`` is the window's first, exact state; slice ``w`` of sample ``b`` performs
-    global step ``j = steps[w, b]`` with the denoiser output ``logits[rows[w, b]]`` (``[R, L, V]``,
-    evaluated at the previous iterate's state of that slice; read through its strides).
+    global step ``j = steps[w, b]``. ``logits [M, V]`` are packed rows (read through their strides):
+    position ``l`` of slice ``w`` of sample ``b`` reads row ``rows[w, b, l]`` (int64 ``[W, B, L]``), the
+    denoiser output for that position evaluated at the previous iterate's state of that slice. Only
+    the rows a slice reads need to exist: under the mean parametrization those of the positions it
+    unmasks, under the score parametrization those of every position masked before it. A full
+    ``[R, L, V]`` output is the special case ``logits.view(R * L, V)``, ``rows = r * L + l``.
 
     *Slices.* ``j < 0``: not live, the state passes through unchanged. ``0 <= j <= N``
-    (``N = cdf.shape[0] - 1``) with ``0 <= rows[w, b] < R``: a step. A live slice with ``j > N`` or
-    ``rows[w, b]`` outside ``[0, R)`` is a *bad slice*: it passes the state through exactly like
-    ``j = -1``, reads nothing, and reports ``invalid[w, b] = -1``. No index is ever read out of bounds.
+    (``N = cdf.shape[0] - 1``): a step. A slice with ``j > N`` is a *bad slice*: it passes the state
+    through exactly like ``j = -1``, reads nothing, and reports ``invalid[w, b] = -1``. A read whose
+    ``rows[w, b, l]`` lies outside ``[0, M)`` is a *missing row*: the position stays masked (score
+    parametrization: its count is 0) and the slice reports ``invalid[w, b] = -1``. No index is ever
+    read out of bounds, whatever the index values.
 
     *Jumps.* Absorbing scan over slices, per position: a masked position's count ``K`` and unmask
     decision come from the jump noise: mean parametrization, ``K = #{k : x >= cdf[j, k]}``; score
@@ -34,17 +40,17 @@ argmax_final, with_counts) -> (states, counts, residual, invalid)``
     is greedy: every draw is the plain argmax of the raw logits (``s_v = logits[v]``, no noise). Ties
     go to the lowest id.
 
-    *Invalid rows.* A row that has to be read (mean: at an unmask; score: at every live masked slice)
-    is invalid iff some ``s_v`` (``v != mask_id``) is NaN or +inf, or every ``s_v`` is -inf; so finite
-    logits that overflow to +inf under the scale make the row invalid, and those that overflow to
-    -inf only ban their token (as ``-inf`` logits do). An invalid row's position stays masked (no
-    token is ever taken from it; score parametrization: its count is 0).
+    *Invalid rows.* A row that is read is invalid iff some ``s_v`` (``v != mask_id``) is NaN or +inf,
+    or every ``s_v`` is -inf; so finite logits that overflow to +inf under the scale make the row
+    invalid, and those that overflow to -inf only ban their token (as ``-inf`` logits do). An invalid
+    row's position stays masked (no token is ever taken from it; score parametrization: its count is 0).
 
     Outputs: ``states`` int64 ``[W, B, L]`` after each slice; ``counts`` int32 ``[W, B, L]`` (``K`` of
     masked positions at live slices, else 0) when ``with_counts``, else an empty int32 ``[0]`` (not
-    computed); ``residual`` int32 ``[W, B]`` = positions where ``states`` differs from ``prev``;
-    ``invalid`` int32 ``[W, B]`` = the number of invalid rows read by the slice, or ``-1`` for a bad
-    slice (callers raise on any nonzero value).
+    computed); ``residual`` int32 ``[P, B]`` = positions where ``states[:P]`` differs from ``prev``
+    (int64 ``[P, B, L]``, ``0 <= P <= W``: slices past ``P`` have no previous iterate, e.g. the
+    window-extension guesses); ``invalid`` int32 ``[W, B]`` = ``-1`` for a bad slice or a missing row,
+    else the number of invalid rows the slice read (callers raise on any nonzero value).
 """
 
 from __future__ import annotations
@@ -138,7 +144,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     W, B = steps.shape
     L = x0.shape[1]
     N = cdf.shape[0] - 1
-    R = logits.shape[0]
+    M = logits.shape[0]
     device = x0.device
     greedy = temperature == 0
     inv_t = _inv_t(temperature)
@@ -146,20 +152,26 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     states = torch.empty((W, B, L), dtype=torch.int64, device=device)
     counts = torch.zeros((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)
     started = steps >= 0
-    good = started & (steps <= N) & (rows >= 0) & (rows < R)
-    invalid = torch.where(started & ~good, -1, 0).to(torch.int32)
+    good = started & (steps <= N)
+    invalid = torch.zeros((W, B), dtype=torch.int32, device=device)
+    missing = started & ~good  # bad slices, then slices with a missing row
     cur = x0.clone()
     for w in range(W):
         live = good[w]
         masked = (cur == mask_id) & live[:, None]
         j = torch.where(live, steps[w], 0)
-        r = torch.where(live, rows[w], 0)
         bits = jump_bits(seeds[:, None], j[:, None], positions[None, :])
         if score:
             bb, ll = masked.nonzero(as_tuple=True)
-            s = logits[r[bb], ll].to(torch.float32)
+            r = rows[w, bb, ll]
+            have = (r >= 0) & (r < M)
+            missing[w].index_fill_(0, bb[~have], True)
+            if M:
+                s = logits[r.clamp(0, M - 1)].to(torch.float32)
+            else:  # nothing to read: every read is missing
+                s = torch.zeros((len(r), logits.shape[1]), dtype=torch.float32, device=device)
             scaled = s * inv_t
-            bad = _bad_rows(scaled, mask_id)
+            bad = _bad_rows(scaled, mask_id) & have
             s[:, mask_id] = float("-inf")
             lam = (rate[j[bb]] * torch.exp(torch.logsumexp(s, 1))).clamp(max=FLT_MAX)
             if rule == TWEEDIE:
@@ -167,10 +179,10 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
             else:
                 k = _score_counts(bits[bb, ll], lam)
             k = torch.where(j[bb] == N, 1, k)
-            k = torch.where(bad, 0, k).to(torch.int32)
+            k = torch.where(bad | ~have, 0, k).to(torch.int32)
             if with_counts:
                 counts[w, bb, ll] = k
-            go = _unmasks(k, rule) & ~bad
+            go = _unmasks(k, rule) & ~bad & have
             invalid[w].index_add_(0, bb, bad.to(torch.int32))
             ub, ul, scaled = bb[go], ll[go], scaled[go]
         else:
@@ -178,7 +190,11 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
             if with_counts:
                 counts[w] = k
             ub, ul = (masked & _unmasks(k, rule)).nonzero(as_tuple=True)
-            scaled = logits[r[ub], ul].to(torch.float32) * inv_t
+            r = rows[w, ub, ul]
+            have = (r >= 0) & (r < M)
+            missing[w].index_fill_(0, ub[~have], True)
+            ub, ul, r = ub[have], ul[have], r[have]
+            scaled = logits[r].to(torch.float32) * inv_t
             bad = _bad_rows(scaled, mask_id)
             invalid[w].index_add_(0, ub, bad.to(torch.int32))
             ub, ul, scaled = ub[~bad], ul[~bad], scaled[~bad]
@@ -187,5 +203,5 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
             argmax = (js == N) & argmax_final if not greedy else torch.ones_like(js, dtype=torch.bool)
             cur[ub, ul] = _draw_tokens(scaled, seeds[ub], js, ul, mask_id, argmax)
         states[w] = cur
-    residual = (states != prev).sum(-1, dtype=torch.int32)
-    return states, counts, residual, invalid
+    residual = (states[: prev.shape[0]] != prev).sum(-1, dtype=torch.int32)
+    return states, counts, residual, torch.where(missing, -1, invalid)
