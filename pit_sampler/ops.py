@@ -23,6 +23,7 @@ inside compiled graphs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -275,6 +276,31 @@ def sweep(
         logits, rows, steps, x0, prev, seeds, cdf, rate, int(mask_id), check_temperature(temperature), int(rule),
         bool(score), bool(argmax_final), bool(with_counts),
     )
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sampler's constants of every sweep it runs (flattened into loose arguments only at the
+    custom-op boundary): the integer jump tables ``cdf [N + 1, K]`` and score rates ``rate [N + 1]``
+    (:func:`pit_sampler.rules.step_tables`), ``mask_id``, ``temperature`` (0: greedy), the rule's id,
+    the parametrization (``score``) and ``argmax_final``. Calling it runs :func:`sweep`."""
+
+    cdf: Tensor
+    rate: Tensor
+    mask_id: int
+    temperature: float
+    rule: int
+    score: bool
+    argmax_final: bool
+
+    def to(self, device: torch.device) -> "SweepSpec":
+        """The same spec with its tables on ``device``."""
+        return dataclasses.replace(self, cdf=self.cdf.to(device), rate=self.rate.to(device))
+
+    def __call__(self, logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor,
+                 with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return sweep(logits, rows, steps, x0, prev, seeds, self.cdf, self.rate, self.mask_id, self.temperature,
+                     self.rule, self.score, self.argmax_final, with_counts)
 
 
 _load_optional_backends()

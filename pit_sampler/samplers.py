@@ -1,25 +1,36 @@
 """Samplers for absorbing (masked) diffusion: sequential tau-leaping and parallel-in-time Picard.
 
-Both run the same loop (orchestration only; all sampling math lives in :mod:`pit_sampler.ops`):
-each sample has a *plan*, the ordered list of global steps it must perform (with skip-inactive,
-only the steps at which at least one of its positions unmasks, read off the noise by
-``ops.unmask_table``; otherwise every step ``0..N``). A window of ``W`` consecutive planned steps
-per sample is evaluated by one batched denoiser call on the window's ``W`` states, then one
-``ops.sweep`` computes every slice's new state from the window's exact first state.
+Both run the same loop, built from small pieces (all sampling math lives in :mod:`pit_sampler.ops`):
 
-* ``TauLeapingSampler`` is ``W = 1``: every round advances every unfinished sample by one step.
-* ``PITSampler`` (exact mode) slides each sample's window by ``c = 1 +`` the number of leading
-  slices whose state did not change since the previous iterate (those slices saw exact inputs, so
-  the first ``c`` new states are exact), refilling new slots with the last state (ParaDiGMS). With
-  ``tol = 0`` the tokens equal the sequential sampler's, bit for bit, for a batch-invariant denoiser.
-  ``tol > 0`` accepts slices whose changed fraction is at most ``tol``; ``mode="fixed"`` runs blocks
-  of ``W`` steps with exactly ``max_iters`` iterations each (the paper's block form). Both are
-  approximate and say so in ``SampleResult.exact``.
+* :mod:`pit_sampler.plan`: each sample's *plan*, the ordered steps it must perform (with
+  skip-inactive only the steps at which one of its positions unmasks, read off the noise), and which
+  positions each planned step draws;
+* a *round* (:meth:`_Sampler.round`): one batched denoiser call on the window's ``W`` states of every
+  sample, one fused sweep over the window and its extension guesses (:mod:`pit_sampler.rows` says
+  which logits rows it reads), acceptance, and the slide (:func:`slide`). Every tensor has the same
+  shape round after round and nothing is read back to the host, so a round compiles whole
+  (``compile=True``) and replays as one CUDA graph (``cuda_graph=True``);
+* *poll points* (:class:`_Batch`): at most once every ``sync_every`` rounds the host reads, in one
+  transfer, how many steps each sample has left (and the first invalid row of an accepted slice, if
+  any), lets finished samples leave the batch, and sets the next rounds' window and logits budget.
+
+``TauLeapingSampler`` is ``W = 1``: every round advances every unfinished sample by exactly one
+step, so its number of rounds is known from the plan and it never polls. ``PITSampler`` (exact mode)
+slides each sample's window by ``c = 1 +`` the number of leading slices whose state did not change
+since the previous iterate (those slices saw exact inputs, so the first ``c`` new states are exact),
+refilling the new slots with the extension guesses. With ``tol = 0`` the tokens equal the sequential
+sampler's, bit for bit, for a batch-invariant denoiser. ``tol > 0`` accepts slices whose changed
+fraction is at most ``tol``; ``mode="fixed"`` runs blocks of ``W`` steps with exactly ``max_iters``
+iterations each (the paper's block form). Both are approximate and say so in ``SampleResult.exact``.
+
+Host reads of device data during ``sample()`` (``aten._local_scalar_dense``, ``nonzero``, device to
+host copies): sequential, at most ``C_HOST_READS``; PIT, at most ``ceil(rounds / sync_every) +
+C_HOST_READS`` (input checks 2, the vocabulary probe 2 when a prompt is given without
+``vocab_size``, the plan 2, the start of the run 1, the end 1).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,23 +38,29 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, rows as rowmaps
 from .noise import sample_seeds
+from .plan import Plan, make_plan
 from .rules import RULES, step_tables
 from .schedules import GRIDS, Schedule, get_schedule, time_grid
 from .validation import check_dense_tensor, check_temperature, is_int, is_real
+from .graphs import GraphedRound
 from .window import WindowPolicy
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
+Denoiser = Callable[..., Tensor]
+C_HOST_READS = 8
 
 
 @dataclass
 class SampleResult:
     """``tokens [B, L]`` (no mask left); ``rounds``: sequential denoiser calls; ``nfe``: denoiser rows
     evaluated per sample (total compute / B); ``iterations``: sweeps run; ``residuals``: per iteration,
-    int32 ``[W, B]`` positions changed per slice; ``exact``: whether the result is the exact sequential
-    sample; ``windows``: the window of each round; ``policy``: with ``window="auto"``, the measured cost
-    model that chose them (:meth:`pit_sampler.window.WindowPolicy.report`)."""
+    int32 ``[W]`` positions changed per slice, summed over the batch; ``exact``: whether the result is
+    the exact sequential sample; ``windows``: the window of each round; ``policy``: with
+    ``window="auto"``, the measured cost model that chose them
+    (:meth:`pit_sampler.window.WindowPolicy.report`); ``logits_rows``: logits rows materialised per
+    round on average (``W B L`` for a plain denoiser, about the rows drawn with the positions
+    protocol); ``polls``: poll points after the first (module docstring)."""
 
     tokens: Tensor
     rounds: int
@@ -53,10 +70,84 @@ class SampleResult:
     exact: bool = True
     windows: list[int] = field(default_factory=list)
     policy: dict | None = None
+    logits_rows: float = 0.0
+    polls: int = 0
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def slide(x0: Tensor, states: Tensor, accept: Tensor, W: int) -> Tensor:
+    """The next window ``[W + 1, B, L]``: sample ``b`` moves ``accept[b]`` slices on in the sequence
+    ``x0, states[0], states[1], ...`` (its exact first state, the window slices, then the extension
+    guesses); past the end, the last state repeats (any guess keeps the result exact)."""
+    full = torch.cat([x0.unsqueeze(0), states])
+    k = (accept.unsqueeze(0) + torch.arange(W + 1, device=x0.device).unsqueeze(1)).clamp(max=full.shape[0] - 1)
+    return full.gather(0, k.unsqueeze(-1).expand(W + 1, *x0.shape))
+
+
+def record_errors(err: Tensor, invalid: Tensor, accepted: Tensor, steps: Tensor) -> Tensor:
+    """``err [B]``: ``-1``, or ``2 j + kind`` for the first accepted slice (step ``j``) that read an
+    invalid row (``kind = 0``) or that the sweep flagged (a bad step or a missing row, ``kind = 1``: an
+    internal error). Discarded slices ran on guesses the sequential chain may never visit, and may
+    read anything."""
+    bad = (invalid != 0) & accepted
+    first = bad.to(torch.int8).argmax(0, keepdim=True)
+    code = 2 * steps.gather(0, first)[0] + (invalid.gather(0, first)[0] < 0).to(torch.int64)
+    return torch.where((err < 0) & bad.any(0), code, err)
+
+
+@dataclass
+class _Batch:
+    """The samples still running and their device state: ``slots`` (host list: each row's index in
+    the caller's batch), ``window [W + 1, B, L]`` (``window[0]`` exact), ``pos`` (planned steps done),
+    ``iters`` (iterations on the current block), ``err`` (:func:`record_errors`), ``seeds``, ``plan``
+    and ``bounds`` (window span -> :meth:`Plan.draw_bound`)."""
+
+    slots: list[int]
+    window: Tensor
+    pos: Tensor
+    iters: Tensor
+    err: Tensor
+    seeds: Tensor
+    plan: Plan
+    bounds: dict[int, Tensor]
+
+    def select(self, keep: list[int]) -> "_Batch":
+        index = torch.tensor(keep, device=self.pos.device)
+        return _Batch([self.slots[i] for i in keep], self.window[:, index], self.pos[index], self.iters[index],
+                      self.err[index], self.seeds[index], self.plan.select(index),
+                      {span: b[index] for span, b in self.bounds.items()})
+
+    def resize(self, W: int) -> None:
+        """Cut the window to ``W + 1`` slots, or pad it with its last state."""
+        extra = W + 1 - self.window.shape[0]
+        if extra <= 0:
+            self.window = self.window[: W + 1].clone()  # not a view: a compiled round guards on views
+        else:
+            self.window = torch.cat([self.window, self.window[-1:].expand(extra, *self.window.shape[1:])])
+
+    def read(self, mask_id: int) -> dict[str, list[int]]:
+        """One device-to-host transfer: per sample, steps left, the error code, positions still masked,
+        and for each span the most positions a window of that span can draw from here on."""
+        pos = self.pos.unsqueeze(1)
+        rows = [self.plan.total - self.pos, self.err, (self.window[0] == mask_id).sum(1)]
+        rows += [b.gather(1, pos.clamp(max=b.shape[1] - 1))[:, 0] for b in self.bounds.values()]
+        values = torch.stack(rows).tolist()
+        out = dict(zip(("remaining", "err", "masked"), values[:3]))
+        out.update({f"draws{span}": v for span, v in zip(self.bounds, values[3:])})
+        return out
+
+
+def _spans(W: int) -> int:
+    """Slices of a round's sweep: the window and, when ``W > 1``, as many extension guesses."""
+    return 2 * W if W > 1 else 1
 
 
 class _Sampler:
     window = 1
+    polls = False  # whether the number of rounds depends on the model (PIT) or is known from the plan
 
     def __init__(
         self,
@@ -75,8 +166,10 @@ class _Sampler:
         skip_inactive: bool | None = None,
         vocab_size: int | None = None,
         max_rows: int | None = None,
+        sync_every: int | None = None,
         progress: bool = False,
-        compile: bool = False,
+        compile: bool | dict = False,
+        cuda_graph: bool = False,
     ):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
@@ -102,9 +195,16 @@ class _Sampler:
             raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
         if not (max_rows is None or (is_int(max_rows) and max_rows >= 1)):
             raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        if not (sync_every is None or (is_int(sync_every) and sync_every >= 1)):
+            raise ValueError(f"sync_every must be None or an int >= 1, got {sync_every!r}")
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
         self.denoiser = denoiser
         self.mask_id, self.num_steps, self.rule, self.final = int(mask_id), int(num_steps), rule, final
         self.max_rows = None if max_rows is None else int(max_rows)
+        self.sync_every = None if sync_every is None else int(sync_every)
         self.schedule = get_schedule(schedule)
         self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
         self.tables = step_tables(self.schedule, self.times, rule)
@@ -116,9 +216,14 @@ class _Sampler:
         self.parametrization, self.score = parametrization, score
         self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
         self.vocab_size, self.progress = None if vocab_size is None else int(vocab_size), progress
-        self.rule_id = self.tables.rule
-        self.compiled = bool(compile)
-        self._step = torch.compile(self.step, fullgraph=True) if compile else self.step
+        self.spec = ops.SweepSpec(self.tables.cdf, self.tables.rate, self.mask_id, self.temperature,
+                                  self.tables.rule, score, final == "argmax")
+        self.positions = bool(getattr(denoiser, "supports_positions", False))
+        self._tables_on: dict[torch.device, tuple[ops.SweepSpec, Tensor]] = {}
+        self.compiled, self.cuda_graph = compile is not False, cuda_graph
+        options = compile if isinstance(compile, dict) else {}
+        fn = torch.compile(self.round, **{"fullgraph": True, **options}) if compile is not False else self.round
+        self._round = GraphedRound(fn) if cuda_graph else fn
 
     # -- what each subclass decides -----------------------------------------------------------
     def _accept(self, residual: Tensor, live: Tensor, iters_here: Tensor, length: int) -> Tensor:
@@ -127,7 +232,11 @@ class _Sampler:
 
     exact = True
 
-    # -- the shared loop ------------------------------------------------------------------------
+    def _window_policy(self, x: Tensor) -> WindowPolicy | None:
+        """``None`` for a fixed window; with ``window="auto"``, the policy kept for these shapes."""
+        return None
+
+    # -- checks ---------------------------------------------------------------------------------
     def _check_x_init(self, x_init) -> None:
         check_dense_tensor("x_init", x_init)
         if x_init.is_floating_point() or x_init.is_complex() or x_init.dtype == torch.bool:
@@ -138,12 +247,13 @@ class _Sampler:
             raise ValueError("x_init is an empty batch (B = 0)")
         if x_init.shape[1] == 0:
             raise ValueError("x_init has no positions (L = 0)")
-        if bool((x_init < 0).any()):
+        low, top = torch.stack([x_init.min(), x_init.max()]).tolist()  # one host read
+        if low < 0:
             raise ValueError("x_init holds negative token ids")
-        if self.vocab_size is not None:
-            top = int(x_init.max())
-            if top >= self.vocab_size:
-                raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
+        if self.vocab_size is not None and top >= self.vocab_size:
+            raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
+        if self.cuda_graph and x_init.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_init on {x_init.device}")
 
     def _probe_vocab(self, x_init: Tensor, times: Tensor) -> tuple[int, int | None]:
         """``(top, V)``: the largest prompt token id, and the vocabulary size if it had to be learned.
@@ -152,50 +262,36 @@ class _Sampler:
         ``rounds`` and ``nfe``) to learn ``V``, so an out-of-range id is reported here rather than
         crashing inside the model. ``V`` is ``None`` when no probe was needed.
         """
-        prompt = x_init != self.mask_id
-        if not bool(prompt.any()):
+        top = int(torch.where(x_init != self.mask_id, x_init, -1).max())
+        if top < 0:
             return 0, None
-        top = int(x_init[prompt].max())
         if self.vocab_size is not None:
             return top, None
-        probe = self.denoiser(torch.full_like(x_init[:1], self.mask_id), times[:1])
-        if not (isinstance(probe, Tensor) and probe.dim() == 3):
+        x = torch.full_like(x_init[:1], self.mask_id)
+        if self.positions:
+            probe = self.denoiser(x, times[:1], positions=torch.zeros(1, dtype=torch.int64, device=x.device))
+            V = probe.shape[1] if isinstance(probe, Tensor) and probe.dim() == 2 else None
+        else:
+            probe = self.denoiser(x, times[:1])
+            V = probe.shape[2] if isinstance(probe, Tensor) and probe.dim() == 3 else None
+        if V is None:
             return top, None  # _check_logits reports it on the first real call
-        if top >= probe.shape[2]:
-            raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={probe.shape[2]}")
-        return top, probe.shape[2]
+        if top >= V:
+            raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={V}")
+        return top, V
 
-    def _plan(self, x: Tensor, seeds: Tensor, tables) -> tuple[Tensor, Tensor]:
-        """``(plan, total)``: int64 ``[B, S]``, each sample's steps in increasing order (entries past
-        ``total[b]`` are padding), and int64 ``[B]``, how many steps each sample must perform.
-
-        With skip-inactive, the distinct steps of the unmask table's row (at most ``L + 1`` per
-        sample, found by sorting the ``[B, L]`` table, so memory never scales with ``N``); otherwise
-        every step ``0..N`` for a sample with a masked position (a broadcast view: no ``[B, N]`` copy).
-        """
-        B, N = x.shape[0], self.num_steps
-        if not self.skip_inactive:
-            total = torch.where((x == self.mask_id).any(1), N + 1, 0)
-            return torch.arange(N + 1, device=x.device).expand(B, N + 1), total
-        table = ops.unmask_table(x, seeds, tables.cdf, self.mask_id, tables.rule).sort(1).values
-        first = torch.ones_like(table, dtype=torch.bool)
-        first[:, 1:] = table[:, 1:] != table[:, :-1]
-        keep = first & (table >= 0)
-        total = keep.sum(1)
-        plan = torch.where(keep, table, N + 1).sort(1).values[:, : max(1, int(total.max()))]
-        return plan, total
-
-    def _check_logits(self, logits, xs: Tensor, top_token: int, vocab: int | None) -> None:
-        """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled step).
-        ``vocab``: the vocabulary size this run's first call (or probe) returned."""
-        R, L = xs.shape
+    def _check_logits(self, logits, shape: tuple[int, ...], device, top_token: int, vocab: int | None) -> None:
+        """Shape, dtype and vocab checks on the denoiser's output (static: fine inside a compiled round).
+        ``shape``: what it must start with (``[R, L]``, or ``[M]`` with positions); ``vocab``: the
+        vocabulary size this run's probe returned."""
         if not isinstance(logits, Tensor):
             raise TypeError(f"denoiser must return a torch.Tensor, got {type(logits).__name__}")
         if logits.dtype not in ops.LOGITS_DTYPES:
             raise TypeError(f"denoiser must return float logits (float64/32, bfloat16, float16), got {logits.dtype}")
-        if not (logits.dim() == 3 and logits.shape[0] == R and logits.shape[1] == L):
-            raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{R}, {L}, V]")
-        V = logits.shape[2]
+        if not (logits.dim() == len(shape) + 1 and tuple(logits.shape[:-1]) == shape):
+            want = ", ".join(map(str, shape))
+            raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{want}, V]")
+        V = logits.shape[-1]
         if not (self.vocab_size is None or V == self.vocab_size):
             raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
         if not (vocab is None or V == vocab):
@@ -204,150 +300,209 @@ class _Sampler:
             raise ValueError(f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
         if top_token >= V:
             raise ValueError(f"x_init holds token id {top_token}, out of range for the denoiser's vocab size V={V}")
-        if logits.device != xs.device:
-            raise ValueError(f"denoiser returned logits on {logits.device}, expected {xs.device}")
+        if logits.device != device:
+            raise ValueError(f"denoiser returned logits on {logits.device}, expected {device}")
 
-    def step(self, xs, ts, rows, steps, x0, prev, seeds, cdf, rate, top_token: int, vocab: int | None = None,
-             ext_rows=None, ext_steps=None):
-        """One iteration: the batched denoiser call on the window rows ``xs [R, L]`` at times ``ts [R]``,
-        then one fused sweep. Returns ``(states [W, B, L], residual [W, B], invalid [W, B], ext, V)``.
-
-        With ``ext_rows``/``ext_steps`` (``[W, B]``), a second sweep continues from the window's last
-        state over the next planned steps, reusing each sample's last logits row: no extra denoiser
-        rows, and ``ext`` (its states) is a better initial guess for the slots the window slides into
-        than the last state repeated. Pure tensor code with static checks:
-        ``torch.compile(sampler.step, fullgraph=True)`` traces it whole."""
-        logits = self.denoiser(xs, ts)
+    # -- one round --------------------------------------------------------------------------------
+    def round(self, window, pos, iters, err, plan_steps, total, rank, seeds, times, spec, budget: int,
+              top_token: int = 0, vocab: int | None = None):
+        """One Picard iteration of every sample, on device, with static shapes: the denoiser call on
+        ``window[:W]`` (``[W + 1, B, L]``), one sweep over the window and its extension, acceptance
+        and the slide. ``budget``: the packed logits rows of the positions protocol (unused for a
+        plain denoiser). Returns ``(window, pos, iters, err, residual)``, ``residual`` int32 ``[W]``
+        (positions changed per slice, summed over the batch)."""
+        W = window.shape[0] - 1
+        _, B, L = window.shape
+        n = _spans(W)
+        plan = Plan(plan_steps, total, rank)
+        steps = plan.window_steps(pos, n)  # [n, B]
+        live = steps[:W] >= 0
+        xs = window[:W].reshape(W * B, L)
+        ts = times[steps[:W].clamp(min=0)].reshape(W * B)
+        if not self.positions:
+            logits = self.denoiser(xs, ts)
+            shape = (W * B, L)
+            rows = rowmaps.full_rows(n, W, B, L, xs.device)
+        else:
+            if self.score:
+                index, rows = rowmaps.score_rows(window[0] == self.mask_id, n, W, budget)
+            else:
+                index, rows = rowmaps.mean_rows(rank, pos, n, W, budget)
+            logits = self.denoiser(xs, ts, positions=index)
+            shape = (index.shape[0],)
         if isinstance(logits, Tensor) and logits.dtype == torch.float64:
             logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
-        self._check_logits(logits, xs, top_token, vocab)
-        sweep = functools.partial(
-            ops.sweep, seeds=seeds, cdf=cdf, rate=rate, mask_id=self.mask_id, temperature=self.temperature,
-            rule=self.rule_id, score=self.score, argmax_final=self.final == "argmax",
-        )
-        states, _, residual, invalid = sweep(logits, rows, steps, x0, prev)
-        ext = None if ext_rows is None else sweep(logits, ext_rows, ext_steps, states[-1], states)[0]
-        return states, residual, invalid, ext, logits.shape[2]
+        self._check_logits(logits, shape, xs.device, top_token, vocab)
+        states, _, residual, invalid = spec(logits.reshape(-1, logits.shape[-1]), rows, steps, window[0],
+                                            window[1:], seeds)
+        iters = iters + live[0]
+        accept = self._accept(residual, live, iters, L)
+        accepted = torch.arange(W, device=xs.device).unsqueeze(1) < accept.unsqueeze(0)
+        err = record_errors(err, invalid[:W], accepted, steps[:W])
+        return slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err, \
+            residual.sum(1, dtype=torch.int32)
 
-    def _window_policy(self, x: Tensor) -> WindowPolicy | None:
-        """``None`` for a fixed window; with ``window="auto"``, the policy kept for these shapes."""
-        return None
-
-    def _raise_invalid(self, invalid: Tensor, accepted: Tensor, steps: Tensor) -> None:
-        """Raise for an invalid row on a slice the run keeps (``accepted [W, B]``); rows of slices that are
-        discarded ran on guessed states the sequential chain may never visit, and may be anything."""
-        bad = (invalid != 0) & accepted
-        if bool(bad.any()):
-            w, b = bad.nonzero()[0].tolist()
-            if int(invalid[w, b]) < 0:
-                raise RuntimeError(f"internal error: the sweep flagged an out-of-range step or row (sample {b})")
-            raise ValueError(
-                f"denoiser returned NaN/inf logits (or only -inf, or logits that overflow float32 times 1/temperature) "
-                f"on a row being sampled: sample {b}, step {int(steps[w, b])}"
-            )
-
-    def _live_slices(self, pos: Tensor, total: Tensor, offsets: Tensor) -> Tensor:
-        """``[W, B]``: the slices evaluated this round. With ``max_rows``, a hard cap on rows per call: at
-        most ``max_rows`` unfinished samples (lowest index first) take part, each with
-        ``max(1, max_rows // participants)`` slices; the others wait for a later round."""
-        live = (pos.unsqueeze(0) + offsets.unsqueeze(1)) < total.unsqueeze(0)
-        if self.max_rows is None:
-            return live
-        unfinished = pos < total
-        chosen = unfinished & (unfinished.cumsum(0) <= self.max_rows)
-        fit = max(1, self.max_rows // max(1, int(chosen.sum())))
-        return live & chosen.unsqueeze(0) & (offsets.unsqueeze(1) < fit)
-
+    # -- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
         """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept).
 
         ``seed``: an int in ``[-2**63, 2**64)`` (its 64 bits key the noise; per-sample seeds are derived
-        from it and the slot) or an int64 tensor ``[B]`` of per-sample seeds. Runs under
-        ``torch.no_grad()``: a model with trainable parameters builds no autograd graph."""
+        from it and the slot) or an int64 tensor ``[B]`` of per-sample seeds. With ``max_rows`` below
+        ``B``, the batch runs in groups of ``max_rows`` samples, one after the other (each sample's
+        tokens are the same). Runs under ``torch.no_grad()``."""
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
+        seeds = sample_seeds(seed, x_init.shape[0], x_init.device)
+        group = x_init.shape[0] if self.max_rows is None else self.max_rows
+        parts = [self._run(x_init[i : i + group], seeds[i : i + group]) for i in range(0, x_init.shape[0], group)]
+        return parts[0] if len(parts) == 1 else _concat(parts)
+
+    def _window_cap(self, left: int, batch: int) -> int:
+        """The largest window worth running (a power of two): no more slots than the most steps a
+        sample has left (rounded up), and within ``max_rows`` rows per call."""
+        cap = _pow2_at_least(max(1, left))
+        if self.max_rows is not None:
+            cap = min(cap, 1 << (max(1, self.max_rows // batch).bit_length() - 1))
+        return cap
+
+    def _windows(self, policy: WindowPolicy | None) -> list[int]:
+        """Every window a run may use: the fixed one and the powers of two below it (the tail shrinks
+        to them), or the auto policy's powers of two."""
+        top = AUTO_MAX_WINDOW if policy is not None else self.window
+        return sorted({top} | {1 << k for k in range(top.bit_length()) if (1 << k) <= top})
+
+    def _budget(self, info: dict, keep: list[int], W: int) -> int:
+        """Packed logits rows a round needs at most until the next poll (positions protocol)."""
+        if not self.positions:
+            return 0
+        if self.score:
+            need = sum(info["masked"][i] for i in keep)
+        else:
+            need = sum(info[f"draws{_spans(W)}"][i] for i in keep)
+        need = max(1, need)
+        return _pow2_at_least(need) if self._buckets else need
+
+    @property
+    def _buckets(self) -> bool:
+        """Round shapes come in powers of two (batch, window tail, logits budget) when a compiled or
+        captured round is reused: a bounded number of compilations per run."""
+        return self.compiled or self.cuda_graph
+
+    def _run(self, x_init: Tensor, seeds: Tensor) -> SampleResult:
         device, (B, L) = x_init.device, x_init.shape
-        seeds = sample_seeds(seed, B, device)
-        tables = self.tables.to(device)
-        times = self.times.to(device=device, dtype=torch.float32)
-        plan, total = self._plan(x_init, seeds, tables)
-        S = plan.shape[1]
-        policy = self._window_policy(x_init)
-        if policy is not None:
-            policy.start(S)
-        W = min(self.window, S) if policy is None else policy.current  # never more slots than plan steps
-        pos = torch.zeros(B, dtype=torch.int64, device=device)
-        iters_here = torch.zeros(B, dtype=torch.int64, device=device)
-        window = x_init.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: state before slice i; [0] exact
+        spec, times = self._device_tables(device)
         top_token, vocab = self._probe_vocab(x_init, times)
-        residuals, windows, rounds, rows_evaluated = [], [], int(vocab is not None), int(vocab is not None)
-        bar = _progress(self.progress, int(total.max()), type(self).__name__)
-        while bool((pos < total).any()):
+        plan = make_plan(x_init, seeds, self.tables.to(device), self.mask_id, self.num_steps,
+                         skip_inactive=self.skip_inactive, need_rank=self.positions and not self.score)
+        policy = self._window_policy(x_init)
+        spans = {_spans(w) for w in self._windows(policy)} if self.positions and not self.score else set()
+        batch = _Batch(list(range(B)), x_init.unsqueeze(0).expand(2, B, L).clone(),
+                       torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int64, device=device),
+                       torch.full((B,), -1, dtype=torch.int64, device=device), seeds, plan,
+                       {span: plan.draw_bound(span) for span in sorted(spans)})
+        out, errors = x_init.clone(), torch.full((B,), -1, dtype=torch.int64, device=device)
+        info = batch.read(self.mask_id)
+        if policy is not None:
+            policy.start(self._window_cap(max(info["remaining"]), B))
+        rounds = rows = int(vocab is not None)
+        residuals, windows, logits_rows, polls = [], [], 0, 0
+        bar = _progress(self.progress, max(info["remaining"]), type(self).__name__)
+        started, done_before = time.perf_counter(), sum(info["remaining"])
+        while True:
+            self._raise_errors(info["err"], batch.slots)
+            keep = [i for i, r in enumerate(info["remaining"]) if r > 0]
+            if len(keep) < len(batch.slots):
+                finished = [i for i in range(len(batch.slots)) if i not in keep]
+                leaving = [batch.slots[i] for i in finished]
+                out[leaving], errors[leaving] = batch.window[0, finished], batch.err[finished]
+                if not keep:
+                    break
+                if self._buckets:  # keep some finished samples (they pass through) to stay on a power of two,
+                    size = max(_pow2_at_least(len(keep)), min(2, len(batch.slots)))  # not 1: dynamo specialises it
+                    keep = sorted(keep + finished[: size - len(keep)])
+                info = {k: [v[i] for i in keep] for k, v in info.items()}
+                batch = batch.select(keep)
+                keep = list(range(len(keep)))
+            left = max(info["remaining"])
+            chosen = self.window if policy is None else policy.choose()
+            W = min(chosen, self._window_cap(left, len(batch.slots)))
+            batch.resize(W)
+            budget = self._budget(info, keep, W)
+            # PIT: never a round that cannot be needed (each advances a sample by at most W steps);
+            # sequential (W = 1): up to the next sample to finish, known from the plan
+            todo = min(self.sync_interval(device), -(-left // W)) if self.polls else min(info["remaining"])
+            for _ in range(todo):
+                batch.window, batch.pos, batch.iters, batch.err, residual = self._round(
+                    batch.window, batch.pos, batch.iters, batch.err, batch.plan.steps, batch.plan.total,
+                    batch.plan.rank, batch.seeds, times, spec, budget, top_token, vocab)
+                residuals.append(residual)
+                windows.append(W)
+                rows += W * len(batch.slots)
+                logits_rows += W * len(batch.slots) * L if not self.positions else (W if self.score else 1) * budget
+            rounds += todo
+            if self.polls:
+                info = batch.read(self.mask_id)
+                polls += 1
+            else:  # W = 1: every unfinished sample performed exactly `todo` more steps; no read
+                info = {**info, "remaining": [max(0, r - todo) for r in info["remaining"]],
+                        "err": [-1] * len(batch.slots)}
             if policy is not None:
-                started = _now(device)
-                window = _resize_window(window, policy.choose())
-            W = window.shape[0] - 1
-            offsets = torch.arange(W, device=device)
-            idx = pos.unsqueeze(0) + offsets.unsqueeze(1)  # [W, B]
-            live = self._live_slices(pos, total, offsets)
-            steps = torch.where(live, plan.gather(1, idx.clamp(max=S - 1).T).T, -1)
-            w_idx, b_idx = live.nonzero(as_tuple=True)
-            rows = torch.full((W, B), -1, dtype=torch.int64, device=device)
-            rows[w_idx, b_idx] = torch.arange(len(w_idx), device=device)
-            n_live = live.sum(0)
-            ext_rows = ext_steps = None
-            if W > 1:  # guesses for the slots past this window: the next planned steps, last logits row reused
-                ext_idx = (pos + n_live).unsqueeze(0) + offsets.unsqueeze(1)
-                ext_live = (ext_idx < total.unsqueeze(0)) & (n_live > 0).unsqueeze(0)
-                ext_steps = torch.where(ext_live, plan.gather(1, ext_idx.clamp(max=S - 1).T).T, -1)
-                last_row = rows.gather(0, (n_live - 1).clamp(min=0).unsqueeze(0))
-                ext_rows = torch.where(ext_live, last_row, -1)
-            states, residual, invalid, ext, vocab = self._step(
-                window[w_idx, b_idx], times[steps[w_idx, b_idx]], rows, steps, window[0], window[1:], seeds,
-                tables.cdf, tables.rate, top_token, vocab, ext_rows, ext_steps,
-            )
-            rounds += 1
-            rows_evaluated += len(w_idx)
-            residuals.append(residual)
-            windows.append(W)
-            iters_here += live[0]
-            accept = self._accept(residual, live, iters_here, L)
-            self._raise_invalid(invalid, offsets.unsqueeze(1) < accept.unsqueeze(0), steps)
-            if policy is not None:
-                policy.observe(W, _now(device) - started, len(w_idx), int(accept.sum()))
-            # seq[k]: the state after k steps from the window's start: x0, the live slices, then ext
-            k = accept.unsqueeze(0) + torch.arange(W + 1, device=device).unsqueeze(1)
-            full = torch.cat([window[:1], states] + ([ext] if ext is not None else []))
-            k = torch.where(k <= n_live, k, W + k - n_live).clamp(max=full.shape[0] - 1)
-            slid = full.gather(0, k.unsqueeze(-1).expand(W + 1, B, L))
-            window = torch.where((n_live > 0).view(1, B, 1), slid, window)  # waiting samples keep their iterate
-            pos += accept
-            iters_here = torch.where(accept > 0, 0, iters_here)
+                now = time.perf_counter()
+                done = sum(info["remaining"])
+                if W == chosen:  # a window cut short by the end of the run does not measure its steady state
+                    policy.observe(W, (now - started) / todo, W * len(batch.slots), (done_before - done) / todo)
+                started, done_before = now, done
             if self.progress:
-                bar.update(int(pos.clamp(max=total).max()) - bar.n)
+                bar.update(bar.total - max(info["remaining"]) - bar.n)
         bar.close()
-        tokens = window[0]
-        if bool((tokens == self.mask_id).any()):
+        final = torch.cat([errors, (out == self.mask_id).any().view(1).to(torch.int64)]).tolist()  # one read
+        self._raise_errors(final[:B], list(range(B)))
+        if final[B]:
             raise RuntimeError("internal error: a mask survived the final fill")
         report = None if policy is None else policy.report()
-        return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact, windows, report)
+        return SampleResult(out, rounds, rows / B, rounds - int(vocab is not None), residuals, self.exact, windows,
+                            report, logits_rows / max(1, len(windows)), polls)
+
+    def _device_tables(self, device: torch.device) -> tuple[ops.SweepSpec, Tensor]:
+        """The sweep spec and the float32 time grid on ``device``, made once per device (a captured
+        CUDA graph keeps reading the same tensors)."""
+        if device not in self._tables_on:
+            self._tables_on[device] = (self.spec.to(device), self.times.to(device=device, dtype=torch.float32))
+        return self._tables_on[device]
+
+    def sync_interval(self, device: torch.device) -> int:
+        """Rounds between poll points: ``sync_every``, else 1 on the CPU (a host read costs nothing
+        there) and 8 on an accelerator (each read stalls its queue)."""
+        if self.sync_every is not None:
+            return self.sync_every
+        return 1 if device.type == "cpu" else 8
+
+    def _raise_errors(self, codes: list[int], slots: list[int]) -> None:
+        """Raise for the first recorded error (:func:`record_errors`) of any sample (``slots``: each
+        code's sample in the caller's batch)."""
+        for slot, code in zip(slots, codes):
+            if code >= 0:
+                sample, step = slot, code // 2
+                if code % 2:
+                    raise RuntimeError(f"internal error: the sweep flagged a bad step or a missing logits row "
+                                       f"(sample {sample}, step {step})")
+                raise ValueError(
+                    f"denoiser returned NaN/inf logits (or only -inf, or logits that overflow float32 times "
+                    f"1/temperature) on a row being sampled: sample {sample}, step {step}"
+                )
 
 
-def _now(device: torch.device) -> float:
-    """Wall-clock seconds, after the device has finished its queued work (honest timing on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def _resize_window(window: Tensor, size: int) -> Tensor:
-    """The window states ``[W + 1, B, L]`` resized to ``size + 1`` slots: cut, or padded with the last
-    state (any initial guess keeps the result exact)."""
-    extra = size + 1 - window.shape[0]
-    if extra <= 0:
-        return window[: size + 1]
-    return torch.cat([window, window[-1:].expand(extra, *window.shape[1:])])
+def _concat(parts: list[SampleResult]) -> SampleResult:
+    """One result for groups of a batch sampled one after the other (``max_rows`` below ``B``)."""
+    B = sum(p.tokens.shape[0] for p in parts)
+    return SampleResult(
+        torch.cat([p.tokens for p in parts]), sum(p.rounds for p in parts),
+        sum(p.nfe * p.tokens.shape[0] for p in parts) / B, sum(p.iterations for p in parts),
+        [r for p in parts for r in p.residuals], all(p.exact for p in parts), [w for p in parts for w in p.windows],
+        parts[-1].policy, sum(p.logits_rows * len(p.windows) for p in parts) / max(1, sum(len(p.windows) for p in parts)),
+        sum(p.polls for p in parts),
+    )
 
 
 def _progress(enabled: bool, total: int, name: str):
@@ -360,7 +515,7 @@ def _progress(enabled: bool, total: int, name: str):
 class TauLeapingSampler(_Sampler):
     """Sequential tau-leaping (one denoiser call per round; with skip-inactive, each unfinished
     sample at its own next active step). ``sample(x_init, seed)`` returns a :class:`SampleResult`.
-    ``max_rows`` caps the rows of a call: then at most ``max_rows`` samples advance per round."""
+    Its rounds are known from the plan: it never polls the device."""
 
 
 AUTO_MAX_WINDOW = 64
@@ -380,11 +535,16 @@ class PITSampler(_Sampler):
     ``max_iters`` iterations per block of ``window`` steps (exact only if ``max_iters >= window``
     or the block converged earlier, which ends it early).
 
-    ``max_rows`` (both samplers) is a hard cap on the rows of one denoiser call (a memory budget:
-    logits are ``rows x L x V``): at most ``max_rows`` unfinished samples take part in a round, each
-    window shrunk to ``max(1, max_rows // participants)`` slices; the other samples wait for a later
-    round (``rounds`` counts calls). Exactness is unaffected; fewer rows per call means more rounds.
+    ``max_rows`` (both samplers) is a hard cap on the rows of one denoiser call (a memory budget):
+    a batch of more than ``max_rows`` samples runs in groups of ``max_rows``, one after the other,
+    and windows shrink to the largest power of two within ``max_rows // B`` slices (``rounds``
+    counts calls). Exactness is unaffected; fewer rows per call means more rounds.
+
+    ``sync_every`` (default: 1 on the CPU, 8 on an accelerator) sets how many rounds run between
+    poll points (host reads); a poll never comes later than the run could possibly finish.
     """
+
+    polls = True
 
     def __init__(
         self,

@@ -234,3 +234,21 @@ def make_oracle(name: str, seed: int = 0, **kwargs) -> Oracle:
     if name not in ORACLES:
         raise ValueError(f"oracle must be one of {sorted(ORACLES)}, got {name!r}")
     return ORACLES[name].random(seed=seed, **kwargs)
+
+
+class Gathered:
+    """``fn`` (a full ``[R, L, V]`` denoiser) behind the positions protocol: it computes the full
+    output and returns the requested rows, bit for bit what a model that computes only those rows
+    must return. For tests of the samplers' positions path; ``requested`` records each call's ``M``."""
+
+    supports_positions = True
+
+    def __init__(self, fn):
+        self.fn, self.requested = fn, []
+
+    def __call__(self, x: Tensor, t: Tensor, positions: Tensor | None = None) -> Tensor:
+        out = self.fn(x, t)
+        if positions is None:
+            return out
+        self.requested.append(positions.numel())
+        return out.reshape(-1, out.shape[-1])[positions]

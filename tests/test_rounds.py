@@ -1,0 +1,261 @@
+"""The pieces of a sampling round, and the GPU-scale properties of the whole loop.
+
+* :mod:`pit_sampler.plan`: the plan's steps, ``rank`` and draw bounds against brute force.
+* :mod:`pit_sampler.rows`: the rows requested through the positions protocol are exactly the
+  (slice, position) pairs the sweep reads, and the full map addresses the flat full output.
+* :func:`slide` and :func:`record_errors` on hand-made cases.
+* The positions path, the full path and sequential give identical tokens: every rule, both
+  parametrizations, prompts, every CPU backend.
+* Logits materialised per call at B = 1, L = 1024, V = 50257, W = 16 with the positions protocol:
+  at most 1% of the full path's ``W B L`` rows.
+* Host reads of device data during ``sample()``: counted with a ``TorchDispatchMode``
+  (``_local_scalar_dense``, ``nonzero``, ``item``, copies to the CPU) plus ``Tensor.tolist`` calls:
+  sequential at most ``C_HOST_READS``, PIT at most ``ceil(rounds / sync_every) + C_HOST_READS``.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import pit_sampler as ps
+from pit_sampler import noise, ops, rows as rowmaps
+from pit_sampler.plan import make_plan
+from pit_sampler.rules import step_tables
+from pit_sampler.samplers import C_HOST_READS, record_errors, slide
+from pit_sampler.schedules import get_schedule, time_grid
+from pit_sampler.testing import Gathered, make_oracle
+
+MASK = 5
+
+
+def _tables(N, rule="reject"):
+    return step_tables(get_schedule("loglinear"), time_grid(N, "geometric", 1.0, 1e-3), rule)
+
+
+def _x(B, L, seed, prompt=0.3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((B, L), MASK)
+    keep = torch.rand(B, L, generator=g) < prompt
+    return torch.where(keep, torch.randint(0, MASK, (B, L), generator=g), x)
+
+
+@pytest.mark.parametrize("skip_inactive", [True, False])
+@pytest.mark.parametrize("B,L,N", [(1, 1, 3), (3, 17, 40), (2, 64, 300)])
+def test_plan_against_brute_force(B, L, N, skip_inactive):
+    x = _x(B, L, seed=B + L)
+    seeds = noise.sample_seeds(7, B)
+    tables = _tables(N)
+    plan = make_plan(x, seeds, tables, MASK, N, skip_inactive=skip_inactive, need_rank=True)
+    table = ops.unmask_table(x, seeds, tables.cdf, MASK, tables.rule)
+    for b in range(B):
+        steps = sorted(set(table[b][table[b] >= 0].tolist())) if skip_inactive else list(range(N + 1))
+        if not (x[b] == MASK).any():
+            steps = [] if skip_inactive else steps
+        total = len(steps) if (x[b] == MASK).any() else 0
+        assert int(plan.total[b]) == total
+        assert plan.steps[b, :total].tolist() == steps[:total]
+        for l in range(L):
+            r = int(plan.rank[b, l])
+            assert (r == -1) if x[b, l] != MASK else plan.steps[b, r] == table[b, l]
+        for span in (1, 2, 5):
+            bound = plan.draw_bound(span)[b]
+            draws = [int(((plan.rank[b] >= s) & (plan.rank[b] < s + span)).sum()) for s in range(plan.length)]
+            want = [max(draws[s:]) for s in range(plan.length)]
+            assert bound.tolist() == want
+
+
+@pytest.mark.parametrize("W", [1, 2, 5])
+def test_mean_rows_request_exactly_the_draws(W):
+    B, L, N = 3, 23, 60
+    x = _x(B, L, seed=W)
+    seeds = noise.sample_seeds(1, B)
+    plan = make_plan(x, seeds, _tables(N), MASK, N, skip_inactive=True, need_rank=True)
+    n = 2 * W if W > 1 else 1
+    pos = torch.tensor([0, 3, 1]).clamp(max=plan.total)
+    budget = int(plan.draw_bound(n).gather(1, pos[:, None].clamp(max=plan.length - 1)).sum())
+    index, rows = rowmaps.mean_rows(plan.rank, pos, n, W, budget)
+    assert index.shape == (budget,)
+    seen = set()
+    for u in range(n):
+        for b in range(B):
+            for l in range(L):
+                r = int(rows[u, b, l])
+                drawn = x[b, l] == MASK and 0 <= int(plan.rank[b, l]) - int(pos[b]) == u
+                assert (r >= 0) == bool(drawn), (u, b, l)
+                if drawn:  # the packed row holds denoiser row min(u, W - 1) * B + b, position l
+                    assert int(index[r]) == (min(u, W - 1) * B + b) * L + l
+                    seen.add(r)
+    assert seen == set(range(len(seen)))  # packed in order, the rest is padding
+    # a budget too small drops requests: they become missing rows, never wrong ones
+    small_index, small_rows = rowmaps.mean_rows(plan.rank, pos, n, W, max(0, len(seen) - 1))
+    assert int((small_rows >= 0).sum()) == max(0, len(seen) - 1)
+
+
+def test_score_rows_cover_every_masked_position():
+    B, L, W = 2, 9, 3
+    masked = _x(B, L, seed=4) == MASK
+    Q = int(masked.sum())
+    index, rows = rowmaps.score_rows(masked, 2 * W, W, Q)
+    assert index.shape == (W * Q,)
+    for u in range(2 * W):
+        for b in range(B):
+            for l in range(L):
+                r = int(rows[u, b, l])
+                assert (r >= 0) == bool(masked[b, l])
+                if r >= 0:
+                    assert int(index[r]) == (min(u, W - 1) * B + b) * L + l
+
+
+def test_full_rows_address_the_flat_output():
+    n, W, B, L = 6, 3, 2, 5
+    rows = rowmaps.full_rows(n, W, B, L, "cpu")
+    for u in range(n):
+        for b in range(B):
+            for l in range(L):
+                assert int(rows[u, b, l]) == (min(u, W - 1) * B + b) * L + l
+
+
+def test_slide_and_record_errors():
+    x0 = torch.tensor([[0], [10]])  # B = 2, L = 1
+    states = torch.arange(1, 5).view(4, 1, 1) + torch.tensor([0, 10]).view(1, 2, 1)  # [n = 4, B, L]
+    out = slide(x0, states, torch.tensor([1, 3]), 2)
+    assert out[:, 0, 0].tolist() == [1, 2, 3] and out[:, 1, 0].tolist() == [13, 14, 14]
+    invalid = torch.tensor([[0, 0], [2, -1]])
+    steps = torch.tensor([[4, 7], [5, 9]])
+    accepted = torch.tensor([[True, True], [True, False]])
+    err = record_errors(torch.full((2,), -1), invalid, accepted, steps)
+    assert err.tolist() == [2 * 5, -1]  # sample 1's flagged slice was discarded
+    err = record_errors(err, invalid, torch.ones(2, 2, dtype=torch.bool), steps)
+    assert err.tolist() == [2 * 5, 2 * 9 + 1]  # the first error is kept; -1 is an internal error
+
+
+def _backends():
+    out = ["reference"] + [b for b in ("native",) if b in ops.available_backends("cpu")]
+    try:
+        import triton  # noqa: F401
+        out.append("triton")
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("parametrization", ["mean", "score"])
+def test_positions_path_equals_full_path_and_sequential(backend, parametrization, monkeypatch):
+    if backend == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        if "triton" not in ops.available_backends("cpu"):
+            pytest.skip("the Triton backend does not run on CPU tensors here")
+    oracle = make_oracle("hmm", seed=2, num_tokens=5, length=11)
+    x = torch.full((3, 11), oracle.mask_id)
+    x[0, :3] = torch.tensor([1, 2, 3])
+    x[2, 4:9:2] = 0
+    rules = ("reject", "first", "tweedie") if backend != "triton" else ("first",)
+    with ops.use_backend(backend):
+        for rule in rules:
+            kw = dict(mask_id=oracle.mask_id, num_steps=20, rule=rule, parametrization=parametrization)
+            want = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=5).tokens
+            for cls, extra in ((ps.TauLeapingSampler, {}), (ps.PITSampler, dict(window=4)),
+                               (ps.PITSampler, dict(window="auto"))):
+                gathered = Gathered(oracle)
+                got = cls(gathered, **extra, **kw).sample(x, seed=5)
+                assert torch.equal(got.tokens, want), (rule, cls.__name__, extra)
+                assert gathered.requested  # the positions path ran
+                full = cls(oracle, **extra, **kw).sample(x, seed=5)
+                assert torch.equal(full.tokens, want) and full.rounds == got.rounds
+
+
+class _FlatLogits:
+    """A cheap positions-protocol denoiser at GPT-2 shapes: logits ``bias[v] + 0.1 x[l - 1]``-style
+    (the token to the left shifts them), computed only for the requested rows."""
+
+    supports_positions = True
+
+    def __init__(self, V, mask_id):
+        g = torch.Generator().manual_seed(0)
+        self.bias = torch.randn(V, generator=g)
+        self.mask_id, self.V = mask_id, V
+
+    def __call__(self, x, t, positions):
+        R, L = x.shape
+        left = x.reshape(-1)[(positions - 1).clamp(min=0)]
+        return self.bias + 0.1 * (left % 7).to(torch.float32).unsqueeze(1)
+
+
+@pytest.mark.slow
+def test_positions_logits_at_gpt2_shapes_are_under_one_percent():
+    """B = 1, L = 1024, V = 50257, W = 16: logits rows per call at most 1% of the full path's."""
+    V, L, W = 50257, 1024, 16
+    den = _FlatLogits(V, V - 1)
+    x = torch.full((1, L), V - 1)
+    out = ps.PITSampler(den, mask_id=V - 1, num_steps=L, window=W).sample(x, seed=0)
+    assert not (out.tokens == V - 1).any()
+    assert out.logits_rows <= 0.01 * W * 1 * L, out.logits_rows
+
+
+class _CountHostReads(TorchDispatchMode):
+    """Counts aten ops that bring device data to the host."""
+
+    READS = {"_local_scalar_dense", "nonzero", "item"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        to_cpu = name in ("_to_copy", "copy_") and any(
+            isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args
+        ) and kwargs.get("device", None) == torch.device("cpu")
+        self.reads += name in self.READS or to_cpu
+        return func(*args, **(kwargs or {}))
+
+
+class _Mixing(torch.nn.Module):
+    """A small batch-invariant denoiser with no host reads of its own: embeddings mixed over positions."""
+
+    def __init__(self, V=7, H=8, L=12):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.emb = torch.nn.Parameter(torch.randn(V, H, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(H, V, generator=g))
+        self.V = V
+
+    def forward(self, x, t):
+        h = self.emb[x]
+        h = h + h.mean(1, keepdim=True) + t.view(-1, 1, 1)
+        return h @ self.out
+
+
+def _count_reads(sampler, x, monkeypatch):
+    calls = [0]
+    tolist = torch.Tensor.tolist
+
+    def counted(self):
+        calls[0] += 1
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    with _CountHostReads() as mode:
+        result = sampler.sample(x, seed=3)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    return result, mode.reads + calls[0]
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="the reference backend reads (nonzero)")
+@pytest.mark.parametrize("sync_every", [1, 3, 8])
+def test_host_reads_are_bounded(sync_every, monkeypatch):
+    model = _Mixing()
+    x = torch.full((4, 12), 6)
+    x[0, :2] = 1  # a prompt: the vocabulary probe's reads are part of the constant
+    kw = dict(mask_id=6, num_steps=40)
+    with ops.use_backend("native"):
+        seq, seq_reads = _count_reads(ps.TauLeapingSampler(model, **kw), x, monkeypatch)
+        pit, pit_reads = _count_reads(ps.PITSampler(model, window=4, sync_every=sync_every, **kw), x, monkeypatch)
+    assert torch.equal(seq.tokens, pit.tokens)
+    assert seq.rounds > 3 * C_HOST_READS  # reads do not grow with rounds
+    assert seq_reads <= C_HOST_READS, seq_reads
+    assert pit_reads <= math.ceil(pit.rounds / sync_every) + C_HOST_READS, (pit_reads, pit.rounds)
