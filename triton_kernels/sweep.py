@@ -6,11 +6,12 @@ Algorithm
 ---------
 Per position, the slices form an absorbing scan: a masked position stays masked until the slice
 ``w`` at which its jump count passes the unmask rule, takes a token there, and keeps it for the rest
-of the window. The token is ``argmax_{v != mask} logits[rows[w, b], l, v] / T + G(seed_b, j, l, v)``,
+of the window. The token is ``argmax_{v != mask} logits[rows[w, b, l], v] / T + G(seed_b, j, l, v)``
+(``logits [M, V]``: packed rows, read through their strides),
 found in one pass over the row by Gumbel-max over vocabulary tiles with a running best, so neither a
 softmax nor a noise tensor is ever in memory.
 
-*Mean parametrization* (``SCORE = False``). The count ``K = #{k : x >= cdf[j, k]}`` depends on the
+*Mean parametrization* (:func:`_mean_kernel`). The count ``K = #{k : x >= cdf[j, k]}`` depends on the
 noise alone, so a program computes, for a tile of ``BLOCK_L`` positions and all ``W`` slices at
 once (a ``[BLOCK_L, W_PAD]`` block of jump words), every position's first unmasking slice: the scan
 needs no loop over slices, and a row of logits is read only at that slice. The vocabulary may be
@@ -21,18 +22,24 @@ chunk of the row and merges ``(score, token)`` into a per-position int64 key by 
 ``2**63 - 1`` a NaN/+inf scaled logit, which wins the merge). The last program of the tile to finish
 (an atomic counter) reads the keys, writes ``states``/``counts`` for all slices and adds the tile's
 ``residual``. The row is invalid iff the merged key is ``0`` (nothing above -inf in the whole row)
-or ``2**63 - 1``; it keeps the position masked (counted in ``invalid``), and that program then
-redraws at the position's next unmasking slice, full row, itself.
+or ``2**63 - 1``; it keeps the position masked (counted in ``invalid``; a missing row, whose key also
+stays 0, is told apart by the map and flagged), and that program then redraws at the position's next
+unmasking slice, full row, itself.
 
-*Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N`` and ``0 <= rows < R``; a slice
-with ``steps >= 0`` that is not live is *bad*: it passes through like ``steps = -1`` and the first
-program of its sample stores ``invalid = -1`` (nothing else touches that entry). Steps are clamped
-before any index, so no ``rows``/``steps`` value reads or writes out of bounds, without a host sync.
+*Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N``; a slice with ``steps > N`` is
+*bad*: it passes through like ``steps = -1`` and the first program of its sample flags it. Steps are
+clamped before any index, so no ``steps`` value reads or writes out of bounds, without a host sync.
+
+*Rows* (:func:`_row_of`): a read looks its row up in ``rows [W, B, L]`` and tests ``0 <= r < M`` before
+forming an address; outside, it is a *missing row*: nothing is read, the position stays masked (score:
+count 0) and the slice is flagged. Flags go to a separate ``missing [W, B]`` buffer (plain stores of 1),
+never into ``invalid``, which programs of the same sample increment with atomics; the host writes
+``invalid = -1`` where a flag is set after the kernel (see :func:`sweep`).
 
 *Options.* ``WITH_COUNTS = False`` skips every ``counts`` store (the host passes an empty tensor);
 ``GREEDY`` (``temperature = 0``) turns the noise off at every step and leaves the logits unscaled.
 
-*Score parametrization* (``SCORE = True``). ``K`` needs ``S = sum_v exp(s_v)`` of the row, so the
+*Score parametrization* (:func:`_score_kernel`). ``K`` needs ``S = sum_v exp(s_v)`` of the row, so the
 scan runs slice by slice: every masked position's row is read once per slice and the same pass
 computes the log-sum-exp and the Gumbel-max; ``K`` then comes from float32 Poisson CDFs
 (:func:`score_counts`, with ``lambda`` clamped to ``FLT_MAX`` so that an overflow saturates at 64)
@@ -60,7 +67,8 @@ dividing when ``1 / T`` is a power of two).
 
 Memory: logits are read through their strides (int64 offsets; a row must be contiguous in ``v`` for
 vector loads); the small index tensors are made contiguous by the host. ``states``/``counts`` are
-written once per (slice, position), ``residual``/``invalid`` are accumulated with atomics.
+written once per (slice, position), ``residual`` (first ``P`` slices: ``prev`` is ``[P, B, L]``) and
+``invalid`` are accumulated with atomics.
 """
 
 import itertools
@@ -456,13 +464,17 @@ class SweepConfig:
     v_split: int | None = None
 
 
-def default_config(device: torch.device) -> SweepConfig:
+def gpu_config(multiprocessors: int) -> SweepConfig:
     """GPU: one-warp programs over 256-token tiles (per-tile reductions stay within a warp, and small
     tiles let pruning skip more of the Gumbel transform), about two waves of them (32 per
-    multiprocessor: registers allow 16 resident); CPU interpreter: small tiles."""
+    multiprocessor: registers allow 16 resident)."""
+    return SweepConfig(block_v=256, num_warps=1, target_programs=32 * multiprocessors)
+
+
+def default_config(device: torch.device) -> SweepConfig:
+    """:func:`gpu_config` for the device's multiprocessors; CPU interpreter: small tiles."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return SweepConfig(block_v=256, num_warps=1, target_programs=32 * sms)
+        return gpu_config(torch.cuda.get_device_properties(device).multi_processor_count)
     return SweepConfig(block_v=64, num_warps=1, target_programs=4)
 
 
@@ -473,13 +485,20 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+MAXNREG = 255  # ptxas otherwise caps some specializations at 128 registers and spills (tests/test_triton_compile.py)
+
+
 @dataclass(frozen=True)
 class Launch:
-    """One kernel specialization: the kernel, its constexpr arguments and ``num_warps``."""
+    """One kernel specialization: the kernel, its constexpr arguments and its compile options
+    (``num_warps``; ``maxnreg = MAXNREG`` and no FP contraction for every launch)."""
 
     kernel: object
     constexprs: dict
     num_warps: int
+
+    def options(self) -> dict:
+        return dict(num_warps=self.num_warps, maxnreg=MAXNREG, enable_fp_fusion=False)
 
     def key(self) -> tuple:
         return (self.kernel.__name__, tuple(sorted(self.constexprs.items())), self.num_warps)
@@ -564,7 +583,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     n_ltiles = triton.cdiv(L, c["BLOCK_L"])
     n_tiles = B * n_ltiles
     missing = torch.zeros((W, B), dtype=torch.int32, device=device)
-    options = dict(num_warps=launch.num_warps, enable_fp_fusion=False, **c)
+    options = dict(launch.options(), **c)
     if score:
         _score_kernel[(n_tiles,)](
             base, rows, steps, x0, prev, seeds, rate, states, counts, residual, invalid, missing,
