@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   at::Tensor counts = with_counts ? at::zeros({W, B, L}, opts.dtype(at::kInt)) : at::empty({0}, opts.dtype(at::kInt));
   at::Tensor residual = at::zeros({z.P, B}, opts.dtype(at::kInt));
   at::Tensor invalid = at::zeros({W, B}, opts.dtype(at::kInt));
-  at::Tensor missing = at::zeros({W, B}, opts.dtype(at::kInt));  // scratch: bad slice or missing row
+  at::Tensor missing = at::zeros({W, B}, opts.dtype(at::kInt));  // scratch: slices that read a missing row
   // logits are read in place through their strides (a padded-vocab view costs no copy)
   const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(),
                    x0_c = x0.contiguous(), prev_c = prev.contiguous(), seeds_c = seeds.contiguous(),

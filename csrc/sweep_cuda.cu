@@ -20,10 +20,10 @@
 // row; counts are stored only when the caller wants them (non-null pointer).
 // Slices: steps < 0 passes through; steps > N is a bad slice: it passes through too and reads nothing. A
 // read whose row index lies outside [0, M) is a missing row: nothing is read (the address is never
-// formed), the position stays masked (score: count 0). Bad slices and missing rows set a per-slice flag
-// (`missing`, stores of the same value 1 from any block: no race with the atomic counts), and a second
-// kernel, ordered after the sweep on the stream, writes invalid = -1 where it is set. So no index is ever
-// out of bounds, with no host sync.
+// formed), the position stays masked (score: count 0) and the slice is flagged in `missing` (stores of
+// the same value 1 from any block: no race with the atomic counts in `invalid`). A second kernel, ordered
+// after the sweep on the stream, writes invalid = -1 for flagged and bad slices. So no index is ever out of
+// bounds, with no host sync.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -257,8 +257,7 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
     const long long wb = w * a.B + b;
     const long long o = wb * a.L + l;
     const long long j = a.steps[wb];
-    const bool live = j >= 0 && j <= a.N;
-    if (j > a.N && threadIdx.x == 0) a.missing[wb] = 1;  // a bad slice: passes through
+    const bool live = j >= 0 && j <= a.N;  // j > N: a bad slice, passes through (flagged by finish_invalid)
     int32_t k = 0;
     if (live && state == a.mask_id) {
       // the row this read uses; its address is formed only once it is known to lie in [0, M)
@@ -296,10 +295,12 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
   }
 }
 
-// invalid[i] = -1 where slice-sample i was flagged (bad slice or missing row), after every count landed.
-__global__ void finish_invalid_kernel(const int32_t* missing, int32_t* invalid, long long n) {
+// invalid[i] = -1 where slice-sample i is a bad slice (steps > N) or read a missing row, after every count
+// landed (also when B * L = 0 and the sweep kernel did not run).
+__global__ void finish_invalid_kernel(const int64_t* steps, const int32_t* missing, int32_t* invalid, long long N,
+                                      long long n) {
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n && missing[i] != 0) invalid[i] = -1;
+  if (i < n && (steps[i] > N || missing[i] != 0)) invalid[i] = -1;
 }
 
 __global__ void unmask_table_kernel(const int64_t* x, const int64_t* seeds, const int64_t* cdf, int64_t* table,
@@ -321,28 +322,30 @@ __global__ void unmask_table_kernel(const int64_t* x, const int64_t* seeds, cons
 }  // namespace
 
 cudaError_t launch_sweep(const SweepArgs& args, cudaStream_t stream) {
-  const long long blocks = args.B * args.L;
-  if (blocks == 0 || args.W == 0) return cudaSuccess;
-  if (blocks > 0x7FFFFFFFLL) return cudaErrorInvalidConfiguration;
-  switch (args.dtype) {
-    case Dtype::kFloat32:
-      sweep_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    case Dtype::kBFloat16:
-      sweep_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    case Dtype::kFloat16:
-      sweep_kernel<__half><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
   const long long n = args.W * args.B;
+  if (n == 0) return cudaSuccess;
+  const long long blocks = args.B * args.L;
   const long long finish_blocks = (n + kThreads - 1) / kThreads;
-  if (finish_blocks > 0x7FFFFFFFLL) return cudaErrorInvalidConfiguration;
-  finish_invalid_kernel<<<static_cast<unsigned>(finish_blocks), kThreads, 0, stream>>>(args.missing, args.invalid, n);
+  if (blocks > 0x7FFFFFFFLL || finish_blocks > 0x7FFFFFFFLL) return cudaErrorInvalidConfiguration;
+  if (blocks > 0) {
+    switch (args.dtype) {
+      case Dtype::kFloat32:
+        sweep_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      case Dtype::kBFloat16:
+        sweep_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      case Dtype::kFloat16:
+        sweep_kernel<__half><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      default:
+        return cudaErrorInvalidValue;
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  finish_invalid_kernel<<<static_cast<unsigned>(finish_blocks), kThreads, 0, stream>>>(args.steps, args.missing,
+                                                                                       args.invalid, args.N, n);
   return cudaGetLastError();
 }
 

@@ -28,7 +28,7 @@ struct SweepArgs {
   int32_t* counts;       // [W, B, L]
   int32_t* residual;     // [P, B]
   int32_t* invalid;      // [W, B]
-  int32_t* missing;      // [W, B] scratch: 1 where the slice is bad or read a missing row
+  int32_t* missing;      // [W, B] scratch: 1 where the slice read a missing row
   int64_t W, B, L, V, M, P, N, K, mask_id, rule;
   int64_t stride_m, stride_v;
   float inv_t;  // float32(1) / float32(temperature) (1 when greedy): scores are logits * inv_t

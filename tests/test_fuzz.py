@@ -158,6 +158,8 @@ def test_bad_slices_pass_through_with_invalid_minus_one(backend, score):
     for a, b in zip(got[:3], want[:3]):
         assert torch.equal(a, b)
     assert bool((got[0][0] == args[8]).any()) and bool((got[0][0] != args[8]).any())  # slice 1 had work
+    empty = _with(args, steps=broken, rows=args[1][:, :, :0], x0=args[3][:, :0], prev=args[4][:, :, :0])
+    assert _run(backend, empty)[3].tolist() == got[3].tolist()  # L = 0: nothing runs, the flags still hold
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

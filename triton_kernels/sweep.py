@@ -27,8 +27,8 @@ stays 0, is told apart by the map and flagged), and that program then redraws at
 unmasking slice, full row, itself.
 
 *Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N``; a slice with ``steps > N`` is
-*bad*: it passes through like ``steps = -1`` and the first program of its sample flags it. Steps are
-clamped before any index, so no ``steps`` value reads or writes out of bounds, without a host sync.
+*bad*: it passes through like ``steps = -1`` (the host sets its ``invalid = -1``). Steps are clamped
+before any index, so no ``steps`` value reads or writes out of bounds, without a host sync.
 
 *Rows* (:func:`_row_of`): a read looks its row up in ``rows [W, B, L]`` and tests ``0 <= r < M`` before
 forming an address; outside, it is a *missing row*: nothing is read, the position stays masked (score:
@@ -229,12 +229,12 @@ def _noise(step, N, ARGMAX_FINAL: tl.constexpr, GREEDY: tl.constexpr):
 
 @triton.jit
 def _slices(steps_ptr, ws, b, B, W, N):
-    """Steps of the slices ``ws`` of sample ``b`` and their kinds: ``live`` (a step: ``0 <= j <= N``)
-    and ``broken`` (a bad slice: ``j > N``; it passes through and reports ``invalid = -1``). Steps of
+    """Steps of the slices ``ws`` of sample ``b`` and whether each is ``live`` (a step: ``0 <= j <= N``;
+    ``j > N`` is a bad slice, which passes through like ``j < 0`` and is flagged by the host). Steps of
     other slices are clamped to 0, so nothing indexes out of bounds."""
     step = tl.load(steps_ptr + ws * B + b, mask=ws < W, other=-1)
     live = (step >= 0) & (step <= N)
-    return tl.where(live, step, 0), live, step > N
+    return tl.where(live, step, 0), live
 
 
 @triton.jit
@@ -280,10 +280,6 @@ def _mean_kernel(
     in_l = offs < L
     k0, k1 = seed_key(tl.load(seeds_ptr + b))
     x0 = tl.load(x0_ptr + b.to(tl.int64) * L + offs, mask=in_l, other=0)
-    if (tile % n_ltiles == 0) & (s == 0):  # one program per sample flags its bad slices
-        ws = tl.arange(0, W_PAD)
-        broken = _slices(steps_ptr, ws, b, B, W, N)[2]
-        tl.store(missing_ptr + ws * B + b, tl.full((W_PAD,), 1, tl.int32), mask=broken)
     first = _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, mask_id, RULE, W_PAD)[2]
     # this program's share of the draws: vocabulary chunk s of every unmasking position (a missing row is
     # not read: its key stays 0, and _mean_finish tells it from an invalid row)
@@ -317,7 +313,7 @@ def _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, mask_
     ``[BLOCK_L, W_PAD]`` blocks (0 and false where the position is not masked in ``x0`` or the slice
     is not live: passed through or bad), and each position's first unmasking slice (``W_PAD`` if none)."""
     ws = tl.arange(0, W_PAD)
-    step, live, _ = _slices(steps_ptr, ws, b, B, W, N)
+    step, live = _slices(steps_ptr, ws, b, B, W, N)
     masked = (x0 == mask_id) & in_l
     bits = jump_bits(k0, k1, step[None, :], offs[:, None])
     k = tl.where(masked[:, None] & live[None, :], mean_counts(bits, cdf_ptr, step[None, :], live[None, :], KC), 0)
@@ -400,10 +396,8 @@ def _score_kernel(
     in_l = offs < L
     k0, k1 = seed_key(tl.load(seeds_ptr + b))
     cur = tl.load(x0_ptr + b.to(tl.int64) * L + offs, mask=in_l, other=0)
-    flags = tile % n_ltiles == 0  # one program per sample flags its bad slices
     for w in range(W):
-        jc, live, broken = _slices(steps_ptr, w, b, B, W, N)
-        tl.store(missing_ptr + w * B + b, 1, mask=broken & flags)
+        jc, live = _slices(steps_ptr, w, b, B, W, N)
         pending = (cur == mask_id) & in_l & live
         u_all = uniform_from_bits(jump_bits(k0, k1, jc, offs))
         count = tl.zeros(offs.shape, tl.int32)
@@ -548,10 +542,10 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
 
     The index tensors are made contiguous (a no-op for the samplers' inputs); ``logits [M, V]`` is read
     in place through its strides, addressed from the start of its storage so that the alignment of
-    every row is known. Bad slices and missing rows are flagged in a separate ``missing [W, B]`` buffer
-    (plain stores of 1, from any program), never in ``invalid`` itself, which other programs of the
-    sample are adding to with atomics: the host then writes ``invalid = -1`` where a flag is set, after
-    the kernel (stream order), so no flag races with a count."""
+    every row is known. Missing rows are flagged in a separate ``missing [W, B]`` buffer (plain stores of
+    1, from any program), never in ``invalid`` itself, which other programs of the sample are adding to
+    with atomics: after the kernel (stream order) the host writes ``invalid = -1`` where a flag is set
+    and for bad slices (``steps > N``), so no flag races with a count, and no sync is needed."""
     W, B = steps.shape
     L = x0.shape[1]
     M, V = logits.shape
@@ -562,8 +556,9 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     counts = torch.empty((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)
     residual = torch.zeros((P, B), dtype=torch.int32, device=device)
     invalid = torch.zeros((W, B), dtype=torch.int32, device=device)
+    bad = steps > N
     if W * B * L == 0:
-        return states, counts, residual, invalid
+        return states, counts, residual, invalid.masked_fill_(bad, -1)
     cfg = config or default_config(device)
     rows, steps, x0, prev, seeds, cdf, rate = (t.contiguous() for t in (rows, steps, x0, prev, seeds, cdf, rate))
     size = logits.element_size()
@@ -603,5 +598,4 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
             B, L, V, W, P, N, KC, M, mask_id, inv_t,
             n_ltiles, v_split, chunk_tiles, n_vtiles, **options,
         )
-    invalid.masked_fill_(missing != 0, -1)
-    return states, counts, residual, invalid
+    return states, counts, residual, invalid.masked_fill_(bad | (missing != 0), -1)
