@@ -10,7 +10,9 @@ fit is skipped and listed as such, and after each stage the JSON is rewritten an
 
 1. ``copy``: device-to-device copy bandwidth (bytes read + written per second, median of CUDA-event
    timed copies of 2 GiB): the ceiling the sweep's bandwidth is compared with.
-2. ``cases``: sweeps with bf16 ``N(0, 4)`` logits, every live window slice its own logits row. Every
+2. ``cases``: sweeps with bf16 ``N(0, 4)`` packed logits rows, one per position of every live window
+   slice (the full form), or, in the ``packed`` cases, ``M`` rows (a fraction of ``W B L``) that a
+   random row map shares out, as the sampler packs only the rows it needs. Every
    CUDA backend of ``ops.available_backends("cuda")`` is checked against the reference op on the same
    GPU and timed (median of CUDA-event timed calls after a warm-up that includes compilation), as is
    the reference composed in eager PyTorch. Equality covers ``states``, ``counts``, ``residual`` and
@@ -21,7 +23,8 @@ fit is skipped and listed as such, and after each stage the JSON is rewritten an
    Cases, most important first: a full window (``W = 16``) at the start of a 1024-step run with
    V = 151936 (Qwen-size), B = 4, L = 1024; a tau-leaping step (``W = 1``) with V = 50257 (GPT-2),
    B = 64, L = 1024; a fill window in which every position is drawn once (the bandwidth-bound
-   case), V = 50257, B = 16; the score parametrization (every masked row read in every slice).
+   case), V = 50257, B = 16; the score parametrization (every masked row read in every slice); the
+   sampler's largest launch, 128 slices (window and extension guesses) with M = 1% of W B L rows.
 3. ``compiled_reference`` (after the tau-leaping step case): ``torch.compile`` of the reference sweep
    on that case, timed after compiling (compile time reported).
 4. ``table``: the unmask-step table, B = 64, L = 1024, N = 1024, every rule, checked and timed.
@@ -55,12 +58,14 @@ CASES = [
     dict(name="step-W1-V50257-B64", W=1, B=64, L=1024, V=50257, N=1024, kind="window", score=False),
     dict(name="fill-W8-V50257-B16", W=8, B=16, L=1024, V=50257, N=7, kind="fill", score=False),
     dict(name="score-W4-V50257-B2", W=4, B=2, L=512, V=50257, N=256, kind="window", score=True),
+    dict(name="packed-W128-V50257-B4", W=128, B=4, L=1024, V=50257, N=1024, kind="window", score=False, packed=0.01),
 ]
 TINY_CASES = [  # the CPU dry run (Triton backend under TRITON_INTERPRET=1)
     dict(name="window-W4-V64-B2", W=4, B=2, L=24, V=64, N=32, kind="window", score=False),
     dict(name="step-W1-V40-B3", W=1, B=3, L=16, V=40, N=16, kind="window", score=False),
     dict(name="fill-W3-V37-B2", W=3, B=2, L=8, V=37, N=2, kind="fill", score=False),
     dict(name="score-W2-V37-B1", W=2, B=1, L=6, V=37, N=8, kind="window", score=True),
+    dict(name="packed-W128-V37-B2", W=128, B=2, L=8, V=37, N=256, kind="window", score=False, packed=0.01),
 ]
 
 
@@ -91,8 +96,9 @@ def copy_bandwidth(nbytes: int) -> dict:
     return {"bytes": nbytes, "ms": ms, "gbps": 2 * nbytes / ms / 1e6}
 
 
-def make_case(W, B, L, V, N, kind, score, seed=0, **_):
-    """Arguments of ``ops.sweep`` for one case: every live slice its own logits row, bf16 ``N(0, 4)`` logits."""
+def make_case(W, B, L, V, N, kind, score, seed=0, packed=None, **_):
+    """Arguments of ``ops.sweep`` for one case, bf16 ``N(0, 4)`` logits: a row per position of every live
+    slice, or (``packed``) ``max(1, packed W B L)`` rows shared out by a random row map."""
     dev = DEVICE
     g = torch.Generator(device=dev).manual_seed(seed)
     mask_id = V - 1
@@ -111,15 +117,21 @@ def make_case(W, B, L, V, N, kind, score, seed=0, **_):
         active.scatter_(1, torch.where(table >= 0, table, N + 1), True)
         order = torch.where(active[:, : N + 1], torch.arange(N + 1, device=dev), N + 1).sort(1).values[:, :W]
         steps = torch.where(order <= N, order, -1).T.contiguous()
-    live = steps >= 0
-    rows = torch.full((W, B), -1, dtype=torch.int64, device=dev)
-    rows[live] = torch.arange(int(live.sum()), device=dev)
-    logits = torch.randn(int(live.sum()), L, V, generator=g, device=dev, dtype=torch.bfloat16).mul_(2)
+    if packed:
+        M = max(1, int(packed * W * B * L))
+        rows = torch.randint(0, M, (W, B, L), generator=g, device=dev)
+    else:  # the full form: slice (w, b) owns rows slot * L + l
+        live = steps >= 0
+        slot = torch.full((W, B), -1, dtype=torch.int64, device=dev)
+        slot[live] = torch.arange(int(live.sum()), device=dev)
+        M = int(live.sum()) * L
+        rows = torch.where(live.unsqueeze(-1), slot.unsqueeze(-1) * L + torch.arange(L, device=dev), -1)
+    logits = torch.randn(M, V, generator=g, device=dev, dtype=torch.bfloat16).mul_(2)
     prev = x0.unsqueeze(0).expand(W, B, L).contiguous()
     rate = tables.rate
     if score:  # rates that give K = 0, 1, 2 in similar measure for these logits
         rate = torch.full_like(rate, 0.6 / (V * float(torch.exp(torch.tensor(2.0)))))
-    return (logits, rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, 1.0, REJECT, score, False)
+    return (logits, rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, 1.0, REJECT, score, False, True)
 
 
 def rows_read(args, states) -> int:
@@ -153,7 +165,7 @@ def compare(args, got, want, limit: int = 200) -> dict:
         w = slices[0]
         pair = torch.stack([got[0][w, b, l], want[0][w, b, l]])
         bits = noise.gumbel_bits(seeds[b], steps[w, b], torch.tensor(l, device=pair.device), pair)
-        scores = logits[rows[w, b], l, pair].double() / temperature + noise.gumbel_exact(bits)
+        scores = logits[rows[w, b, l], pair].double() / temperature + noise.gumbel_exact(bits)
         if abs(float(scores[0] - scores[1])) <= 1e-4 * max(1.0, float(scores.abs().max())):
             near += 1
         else:
@@ -170,7 +182,7 @@ def bench_case(case: dict, backends: list[str], copy_gbps: float | None, eager_r
     args = make_case(**case)
     want = reference.sweep(*args)
     n_rows = rows_read(args, want[0])
-    W, B, L = args[4].shape
+    W, B, L = args[1].shape
     esize = args[0].element_size()
     nbytes = n_rows * case["V"] * esize + W * B * L * (8 + 8 + 4) + B * L * 8
     res = dict(case, rows_read=n_rows, bytes=nbytes, bytes_logits=n_rows * case["V"] * esize, backends={})

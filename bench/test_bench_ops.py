@@ -17,9 +17,9 @@ Sweep cases (one Picard sweep, as the sampler calls it):
 * ``steady``: ``W`` consecutive steps from the middle of a 1024-step geometric grid on a state that
   has unmasked what the noise unmasks before it: few rows are read; the per-sweep cost of a real run.
 
-Every slice of sample ``b`` reads logits row ``b`` (``rows[w, b] = b``), so the logits tensor is
-``[B, L, V]`` rather than ``[W * B, L, V]``: the same rows are read as with distinct slices (each
-position's row once), with ``W`` times less memory.
+Every slice of sample ``b`` reads the packed rows of sample ``b`` (``rows[w, b, l] = b L + l``), so the
+logits tensor is ``[B L, V]`` rather than ``[W B L, V]``: the same rows are read as with distinct slices
+(each position's row once), with ``W`` times less memory.
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def sweep_inputs(case: str, W: int, B: int, L: int, V: int, dtype: str, device, 
         steps = torch.arange(j0, j0 + W, device=device).view(W, 1).expand(W, B).contiguous()
         rows_read = int(((table >= j0) & (table < j0 + W)).sum())
     g_dev = torch.Generator(device=device).manual_seed(seed)  # GPU-sized logits are drawn where they live
-    logits = torch.randn(B, L, V, generator=g_dev, device=device).to(DTYPES[dtype])
-    rows = torch.arange(B, device=device).view(1, B).expand(W, B).contiguous()
+    logits = torch.randn(B * L, V, generator=g_dev, device=device).to(DTYPES[dtype])
+    rows = torch.arange(B * L, device=device).view(1, B, L).expand(W, B, L).contiguous()
     prev = x0.unsqueeze(0).expand(W, B, L).contiguous()
     args = (logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id)
     esize = logits.element_size()

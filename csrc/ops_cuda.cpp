@@ -1,6 +1,6 @@
-// CUDA registrations of pit_sampler_native::sweep / ::unmask_table: checks, outputs, and the launchers of
-// sweep_cuda.cu on the current stream. Compiled only in CUDA builds (PIT_SAMPLER_BUILD=cuda, or auto with
-// a GPU target).
+// CUDA registrations of pit_sampler_native::sweep / ::unmask_table: checks (sweep_checks.h, shared with the
+// CPU kernel), outputs, and the launchers of sweep_cuda.cu on the current stream. Compiled only in CUDA
+// builds (PIT_SAMPLER_BUILD=cuda, or auto with a GPU target).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -10,20 +10,12 @@
 #include <torch/library.h>
 
 #include "sampling.h"
+#include "sweep_checks.h"
 #include "sweep_cuda.h"
 
 namespace pit {
 namespace cuda {
 namespace {
-
-void check_long(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == dim, name, " must be an int64 tensor with ", dim,
-              " dimensions, got ", t.scalar_type(), " ", t.sizes());
-}
-
-void check_device(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but x0 is on ", like.device());
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tensor& logits, const at::Tensor& rows,
                                                                 const at::Tensor& steps, const at::Tensor& x0,
@@ -31,41 +23,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                                                                 const at::Tensor& cdf, const at::Tensor& rate,
                                                                 int64_t mask_id, double temperature, int64_t rule,
                                                                 bool score, bool argmax_final, bool with_counts) {
-  check_long(x0, "x0", 2);
-  check_long(steps, "steps", 2);
-  check_long(rows, "rows", 2);
-  check_long(prev, "prev", 3);
-  check_long(seeds, "seeds", 1);
-  check_long(cdf, "cdf", 2);
-  TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
-  const auto dtype = logits.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "logits must be float32, bfloat16 or float16, got ", dtype);
-  const int64_t W = steps.size(0), B = x0.size(0), L = x0.size(1), V = logits.size(2);
-  TORCH_CHECK(steps.size(1) == B && rows.sizes() == steps.sizes(), "rows and steps must be [W, ", B, "]");
-  TORCH_CHECK(prev.size(0) == W && prev.size(1) == B && prev.size(2) == L, "prev must be [", W, ", ", B, ", ", L, "]");
-  TORCH_CHECK(seeds.size(0) == B, "seeds must be [", B, "]");
-  TORCH_CHECK(cdf.size(0) >= 1 && cdf.size(1) >= 1, "cdf must be [N + 1, K] with K >= 1");
-  TORCH_CHECK(rate.scalar_type() == at::kFloat && rate.dim() == 1 && rate.size(0) == cdf.size(0),
-              "rate must be float32 [", cdf.size(0), "]");
-  TORCH_CHECK(logits.size(1) == L, "logits must be [R, ", L, ", V], got ", logits.sizes());
-  TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
-  TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);
-  TORCH_CHECK(temperature >= 0, "temperature must be >= 0, got ", temperature);
+  const SweepSizes z = check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule);
   TORCH_CHECK(x0.is_cuda(), "x0 must be a CUDA tensor");
-  check_device(logits, "logits", x0);
-  check_device(rows, "rows", x0);
-  check_device(steps, "steps", x0);
-  check_device(prev, "prev", x0);
-  check_device(seeds, "seeds", x0);
-  check_device(cdf, "cdf", x0);
-  check_device(rate, "rate", x0);
   const c10::cuda::CUDAGuard guard(x0.device());
   const auto opts = x0.options();
+  const int64_t W = z.W, B = z.B, L = z.L;
   at::Tensor states = at::empty({W, B, L}, opts);
   at::Tensor counts = with_counts ? at::zeros({W, B, L}, opts.dtype(at::kInt)) : at::empty({0}, opts.dtype(at::kInt));
-  at::Tensor residual = at::zeros({W, B}, opts.dtype(at::kInt));
+  at::Tensor residual = at::zeros({z.P, B}, opts.dtype(at::kInt));
   at::Tensor invalid = at::zeros({W, B}, opts.dtype(at::kInt));
+  at::Tensor missing = at::zeros({W, B}, opts.dtype(at::kInt));  // scratch: slices that read a missing row
   // logits are read in place through their strides (a padded-vocab view costs no copy)
   const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(),
                    x0_c = x0.contiguous(), prev_c = prev.contiguous(), seeds_c = seeds.contiguous(),
@@ -83,22 +50,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
   args.counts = with_counts ? counts.data_ptr<int32_t>() : nullptr;
   args.residual = residual.data_ptr<int32_t>();
   args.invalid = invalid.data_ptr<int32_t>();
+  args.missing = missing.data_ptr<int32_t>();
   args.W = W;
   args.B = B;
   args.L = L;
-  args.V = V;
-  args.R = logits.size(0);
-  args.N = cdf.size(0) - 1;
-  args.K = cdf.size(1);
+  args.V = z.V;
+  args.M = z.M;
+  args.P = z.P;
+  args.N = z.N;
+  args.K = z.K;
   args.mask_id = mask_id;
   args.rule = rule;
-  args.stride_r = logits.stride(0);
-  args.stride_l = logits.stride(1);
-  args.stride_v = logits.stride(2);
+  args.stride_m = logits.stride(0);
+  args.stride_v = logits.stride(1);
   args.greedy = temperature == 0;
   args.inv_t = args.greedy ? 1.0f : 1.0f / static_cast<float>(temperature);
   args.score = score;
   args.argmax_final = argmax_final;
+  const auto dtype = logits.scalar_type();
   args.dtype = dtype == at::kFloat ? Dtype::kFloat32 : dtype == at::kBFloat16 ? Dtype::kBFloat16 : Dtype::kFloat16;
   C10_CUDA_CHECK(launch_sweep(args, c10::cuda::getCurrentCUDAStream()));
   return {states, counts, residual, invalid};
@@ -106,9 +75,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
 
 at::Tensor unmask_table(const at::Tensor& x, const at::Tensor& seeds, const at::Tensor& cdf, int64_t mask_id,
                         int64_t rule) {
-  check_long(x, "x", 2);
-  check_long(seeds, "seeds", 1);
-  check_long(cdf, "cdf", 2);
+  check_index_tensor(x, "x", 2);
+  check_index_tensor(seeds, "seeds", 1);
+  check_index_tensor(cdf, "cdf", 2);
   TORCH_CHECK(seeds.size(0) == x.size(0), "seeds must be [", x.size(0), "]");
   TORCH_CHECK(cdf.size(0) >= 1 && cdf.size(1) >= 1, "cdf must be [N + 1, K] with K >= 1");
   TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);

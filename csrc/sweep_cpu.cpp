@@ -6,16 +6,17 @@
 //      up to the first slice whose count passes the rule (an "event");
 //   B. per event (parallel, one vocabulary row each, so the work is balanced whatever the prompt
 //      layout): check the row and draw the token by Gumbel-max;
-//   a bad row (NaN/+inf, or only -inf, among the scaled values s_v = x_v * inv_t of non-mask tokens)
-//   leaves the position masked: it is counted
-//   in `invalid` and the position resumes scanning at the next slice (A and B repeat, rarely).
-//   C. per (slice, sample) row: write the states and the residual against `prev`.
+//   a bad row (NaN/+inf, or only -inf, among the scaled values s_v = x_v * inv_t of non-mask tokens) is
+//   counted in `invalid`; a missing row (rows[w, b, l] outside [0, M): never read) flags the slice; either
+//   leaves the position masked and it resumes scanning at the next slice (A and B repeat, rarely).
+//   C. per (slice, sample) row: write the states.
 // Score parametrization: every live masked slice reads its row (lambda depends on it), so slices are
-// processed in order, in parallel over the masked positions of each slice.
-// Slices: steps < 0 passes through; a live slice whose step exceeds N or whose row is outside [0, R) is
-// a bad slice: it passes through too, reads nothing, and reports invalid = -1 (classified up front from
-// steps and rows, so no index is ever out of bounds). Counts are written only when asked for.
-// Logits are read in place through their strides (no copy); rows with unit vocab stride take the
+// processed in order, in parallel over the masked positions of each slice; a missing row gives count 0.
+// Slices: steps < 0 passes through; a slice whose step exceeds N is a bad slice: it passes through too and
+// reads nothing. Bad slices and slices with a missing row report invalid = -1 (a per-slice flag, applied
+// after the counts of invalid rows), so no index is ever out of bounds whatever its value. Counts are
+// written only when asked for; the residual covers the first P slices (those with a previous iterate).
+// Logits [M, V] are read in place through their strides (no copy); rows with unit vocab stride take the
 // vectorised conversion loop, others a strided one.
 //
 // Token draw: argmax_{v != mask} x_v * inv_t + G(seed, j, l, v) with inv_t = float32(1) / float32(T) (the
@@ -44,6 +45,7 @@
 
 #include "philox.h"
 #include "sampling.h"
+#include "sweep_checks.h"
 
 // The hot row loop is compiled for x86-64-v4 (AVX-512), AVX2 and the baseline ISA, and the loader picks
 // the best one the CPU supports (GCC/Clang function multi-versioning on x86-64 ELF; no -march needed);
@@ -190,16 +192,21 @@ float logsumexp(const float* buf, int64_t V, float m) {
   return static_cast<float>(std::log(sum)) + m;
 }
 
-// Slice kinds, from steps and rows alone (see the contract's "Slices").
+// Slice kinds, from steps alone (see the contract's "Slices").
 constexpr uint8_t kPass = 0;  // steps < 0: not live
-constexpr uint8_t kStep = 1;  // a step: 0 <= steps <= N and 0 <= rows < R
-constexpr uint8_t kBad = 2;   // live but steps > N or rows outside [0, R): passes through, invalid = -1
+constexpr uint8_t kStep = 1;  // a step: 0 <= steps <= N
+constexpr uint8_t kBad = 2;   // steps > N: passes through, reads nothing, invalid = -1
+
+// Outcome of reading one row (the `status` of an event or of a score position).
+constexpr uint8_t kRowOk = 0;
+constexpr uint8_t kRowBad = 1;      // NaN/+inf, or nothing above -inf (scaled): counted in invalid
+constexpr uint8_t kRowMissing = 2;  // rows[w, b, l] outside [0, M): the slice reports invalid = -1
 
 // Everything one sweep call needs: raw pointers into contiguous index tensors and the logits' strides.
 template <typename scalar_t>
 struct Sweep {
-  const scalar_t* logits;  // [R, L, V], elements (stride_r, stride_l, stride_v) apart
-  const int64_t* rows;     // [W, B]
+  const scalar_t* logits;  // [M, V], elements (stride_m, stride_v) apart
+  const int64_t* rows;     // [W, B, L]: the packed row each read uses
   const int64_t* steps;    // [W, B]
   const int64_t* x0;       // [B, L]
   const int64_t* seeds;    // [B]
@@ -208,23 +215,32 @@ struct Sweep {
   const uint8_t* kind;     // [W, B] slice kinds
   int64_t* states;         // [W, B, L]
   int32_t* counts;         // [W, B, L], or nullptr when the counts are not wanted
-  int32_t* invalid;        // [W, B]
-  int64_t W, B, L, V, N, K, mask_id, rule;
-  int64_t stride_r, stride_l, stride_v;
+  int32_t* invalid;        // [W, B]: invalid rows read (the -1 of bad slices and missing rows comes later)
+  uint8_t* missing;        // [W, B]: bad slice or a missing row
+  int64_t W, B, L, V, M, N, K, mask_id, rule;
+  int64_t stride_m, stride_v;
   float inv_t;  // float32(1) / float32(temperature) (1 when greedy): scores are logits * inv_t
   bool greedy, argmax_final;
 
-  // Whether slice w performs a step for sample b (then steps and rows are in range).
+  // Whether slice w performs a step for sample b (then steps is in range).
   bool live(int64_t w, int64_t b) const { return kind[w * B + b] == kStep; }
   int64_t step(int64_t w, int64_t b) const { return steps[w * B + b]; }
 
-  // The logits row of (slice w, sample b, position l) of a live slice.
+  // The logits row that (slice w, sample b, position l) reads, or nullptr for a missing row (the index is
+  // compared with M before any address is formed).
   const scalar_t* row(int64_t w, int64_t b, int64_t l) const {
-    return logits + rows[w * B + b] * stride_r + l * stride_l;
+    const int64_t r = rows[(w * B + b) * L + l];
+    return r >= 0 && r < M ? logits + r * stride_m : nullptr;
   }
 
   void count(int64_t w, int64_t b, int64_t l, int32_t k) const {
     if (counts != nullptr) counts[(w * B + b) * L + l] = k;
+  }
+
+  // Records a read's outcome for slice w of sample b (serial: called after each parallel pass).
+  void report(int64_t w, int64_t b, uint8_t status) const {
+    if (status == kRowBad) invalid[w * B + b] += 1;
+    if (status == kRowMissing) missing[w * B + b] = 1;
   }
 
   // Token of a row already in buf (not bad): Gumbel-max, or plain argmax when greedy or at the final
@@ -253,7 +269,7 @@ void Sweep<scalar_t>::mean() const {
     if (x0[p] == mask_id) todo.push_back(p);
   }
   std::vector<int64_t> events;
-  std::vector<uint8_t> bad(P, 0);
+  std::vector<uint8_t> status(P, kRowOk);
   while (!todo.empty()) {
     // A: scan slices until the first unmask decision.
     at::parallel_for(0, static_cast<int64_t>(todo.size()), grain(W), [&](int64_t lo, int64_t hi) {
@@ -278,22 +294,26 @@ void Sweep<scalar_t>::mean() const {
     for (int64_t p : todo) {
       if (event[p] >= 0) events.push_back(p);
     }
-    // B: one row per event.
+    // B: one row per event (a missing row is not read).
     at::parallel_for(0, static_cast<int64_t>(events.size()), grain(V), [&](int64_t lo, int64_t hi) {
       std::vector<float> buf(padded_vocab(V));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = events[i], b = p / L, l = p % L, w = event[p];
-        bad[p] = load_row(row(w, b, l), stride_v, V, mask_id, inv_t, buf.data());
-        if (!bad[p]) {
+        const scalar_t* r = row(w, b, l);
+        status[p] = r == nullptr ? kRowMissing
+                    : load_row(r, stride_v, V, mask_id, inv_t, buf.data()) ? kRowBad
+                                                                           : kRowOk;
+        if (status[p] == kRowOk) {
           token[p] = draw(buf.data(), b, l, step(w, b));
           settled[p] = w;
         }
       }
     });
+    // a bad or missing row leaves the position masked: it resumes scanning at the next slice
     todo.clear();
     for (int64_t p : events) {
-      if (bad[p]) {
-        invalid[event[p] * B + p / L] += 1;
+      report(event[p], p / L, status[p]);
+      if (status[p] != kRowOk) {
         start[p] = event[p] + 1;
         todo.push_back(p);
       }
@@ -318,7 +338,7 @@ void Sweep<scalar_t>::score() const {
   std::vector<int64_t> live;
   live.reserve(P);
   std::vector<int64_t> next(P);
-  std::vector<uint8_t> bad(P, 0);
+  std::vector<uint8_t> status(P, kRowOk);
   for (int64_t w = 0; w < W; ++w) {
     live.clear();
     for (int64_t p = 0; p < P; ++p) {
@@ -329,25 +349,31 @@ void Sweep<scalar_t>::score() const {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t p = live[i], b = p / L, l = p % L, j = step(w, b);
         next[p] = mask_id;
-        // raw values (the log-sum-exp needs them); the row is judged on the scaled ones: with the raw row
-        // not bad, s_v = x_v * inv_t is monotone in x_v, so max_v s_v = m * inv_t shows an overflow to
-        // +inf or a row that is all -inf after scaling
-        bad[p] = load_row(row(w, b, l), stride_v, V, mask_id, 1.0f, buf.data());
-        const float m = bad[p] ? -kInf : row_max(buf.data(), V);
-        bad[p] = bad[p] || !(m * inv_t < kInf) || !(m * inv_t > -kInf);
-        int32_t k = 0;
-        if (!bad[p]) {
-          if (j == N) {
-            k = 1;
-          } else {
-            const float lambda = rate[j] * std::exp(logsumexp(buf.data(), V, m));
-            const uint32_t bits = jump_bits(seed_lo(seeds[b]), seed_hi(seeds[b]), static_cast<uint32_t>(j),
-                                            static_cast<uint32_t>(l));
-            k = score_count(bits, lambda, rule);
+        const scalar_t* r = row(w, b, l);
+        int32_t k = 0;  // a missing or bad row: count 0, the position stays masked
+        if (r == nullptr) {
+          status[p] = kRowMissing;
+        } else {
+          // raw values (the log-sum-exp needs them); the row is judged on the scaled ones: with the raw row
+          // not bad, s_v = x_v * inv_t is monotone in x_v, so max_v s_v = m * inv_t shows an overflow to
+          // +inf or a row that is all -inf after scaling
+          bool bad = load_row(r, stride_v, V, mask_id, 1.0f, buf.data());
+          const float m = bad ? -kInf : row_max(buf.data(), V);
+          bad = bad || !(m * inv_t < kInf) || !(m * inv_t > -kInf);
+          status[p] = bad ? kRowBad : kRowOk;
+          if (!bad) {
+            if (j == N) {
+              k = 1;
+            } else {
+              const float lambda = rate[j] * std::exp(logsumexp(buf.data(), V, m));
+              const uint32_t bits = jump_bits(seed_lo(seeds[b]), seed_hi(seeds[b]), static_cast<uint32_t>(j),
+                                              static_cast<uint32_t>(l));
+              k = score_count(bits, lambda, rule);
+            }
           }
         }
         count(w, b, l, k);
-        if (!bad[p] && unmasks(k, rule)) {
+        if (status[p] == kRowOk && unmasks(k, rule)) {
           if (inv_t != 1.0f) {
             for (int64_t v = 0; v < V; ++v) buf[v] = buf[v] * inv_t;
           }
@@ -356,7 +382,7 @@ void Sweep<scalar_t>::score() const {
       }
     });
     for (int64_t p : live) {
-      invalid[w * B + p / L] += bad[p];
+      report(w, p / L, status[p]);
       cur[p] = next[p];
     }
     std::copy(cur.begin(), cur.end(), states + w * P);
@@ -371,53 +397,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                                                                 const at::Tensor& cdf, const at::Tensor& rate,
                                                                 int64_t mask_id, double temperature, int64_t rule,
                                                                 bool score, bool argmax_final, bool with_counts) {
-  TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                  logits.scalar_type() == at::kHalf,
-              "logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
-  TORCH_CHECK(x0.dim() == 2 && x0.scalar_type() == at::kLong, "x0 must be int64 [B, L]");
-  TORCH_CHECK(steps.dim() == 2 && steps.scalar_type() == at::kLong, "steps must be int64 [W, B]");
-  const int64_t W = steps.size(0), B = x0.size(0), L = x0.size(1), V = logits.size(2), R = logits.size(0);
-  TORCH_CHECK(steps.size(1) == B, "steps must be [W, ", B, "], got ", steps.sizes());
-  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.sizes() == steps.sizes(), "rows must be int64 [", W, ", ", B, "]");
-  TORCH_CHECK(prev.scalar_type() == at::kLong && prev.dim() == 3 && prev.size(0) == W && prev.size(1) == B &&
-                  prev.size(2) == L,
-              "prev must be int64 [", W, ", ", B, ", ", L, "]");
-  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 && seeds.size(0) == B, "seeds must be int64 [", B, "]");
-  TORCH_CHECK(cdf.scalar_type() == at::kLong && cdf.dim() == 2 && cdf.size(0) >= 1 && cdf.size(1) >= 1,
-              "cdf must be int64 [N + 1, K]");
-  TORCH_CHECK(rate.scalar_type() == at::kFloat && rate.dim() == 1 && rate.size(0) == cdf.size(0),
-              "rate must be float32 [", cdf.size(0), "]");
-  TORCH_CHECK(logits.size(1) == L, "logits must be [R, ", L, ", V], got ", logits.sizes());
-  TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
-  TORCH_CHECK(rule >= 0 && rule <= kRuleTweedie, "rule must be 0 (reject), 1 (first) or 2 (tweedie), got ", rule);
-  TORCH_CHECK(temperature >= 0, "temperature must be >= 0, got ", temperature);
-  TORCH_CHECK(L <= std::numeric_limits<uint32_t>::max(), "L must fit the 32-bit Philox counter");
-
+  const SweepSizes z = check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule);
+  const int64_t W = z.W, B = z.B, L = z.L;
   // logits are read in place through their strides (a padded-vocab view costs no copy)
   const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(), x0_c = x0.contiguous(),
                    prev_c = prev.contiguous(), seeds_c = seeds.contiguous(), cdf_c = cdf.contiguous(),
                    rate_c = rate.contiguous();
-  const int64_t N = cdf.size(0) - 1;
   const auto long_opts = x0.options().dtype(at::kLong);
   at::Tensor states = at::empty({W, B, L}, long_opts);
   at::Tensor counts = with_counts ? at::zeros({W, B, L}, long_opts.dtype(at::kInt)) : at::empty({0}, long_opts.dtype(at::kInt));
   at::Tensor invalid = at::zeros({W, B}, long_opts.dtype(at::kInt));
-  at::Tensor residual = at::empty({W, B}, long_opts.dtype(at::kInt));
-  // slice kinds; a bad slice reports invalid = -1 (and nothing else reads or writes for it)
+  at::Tensor residual = at::empty({z.P, B}, long_opts.dtype(at::kInt));
+  // slice kinds; a bad slice is flagged like a missing row (and nothing reads or writes for it)
   const int64_t* step_ptr = steps_c.const_data_ptr<int64_t>();
-  const int64_t* row_ptr = rows_c.const_data_ptr<int64_t>();
   int32_t* inv = invalid.data_ptr<int32_t>();
-  std::vector<uint8_t> kind(W * B);
+  std::vector<uint8_t> kind(W * B), missing(W * B, 0);
   for (int64_t i = 0; i < W * B; ++i) {
-    const int64_t j = step_ptr[i], r = row_ptr[i];
-    kind[i] = j < 0 ? kPass : (j <= N && r >= 0 && r < R) ? kStep : kBad;
-    if (kind[i] == kBad) inv[i] = -1;
+    const int64_t j = step_ptr[i];
+    kind[i] = j < 0 ? kPass : j <= z.N ? kStep : kBad;
+    missing[i] = kind[i] == kBad;
   }
   const bool greedy = temperature == 0;
   AT_DISPATCH_V2(logits.scalar_type(), "pit_sampler_native::sweep", AT_WRAP([&] {
     const Sweep<scalar_t> s{logits.const_data_ptr<scalar_t>(),
-                            row_ptr,
+                            rows_c.const_data_ptr<int64_t>(),
                             step_ptr,
                             x0_c.const_data_ptr<int64_t>(),
                             seeds_c.const_data_ptr<int64_t>(),
@@ -427,17 +430,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
                             states.data_ptr<int64_t>(),
                             with_counts ? counts.data_ptr<int32_t>() : nullptr,
                             inv,
+                            missing.data(),
                             W,
                             B,
                             L,
-                            V,
-                            N,
-                            cdf.size(1),
+                            z.V,
+                            z.M,
+                            z.N,
+                            z.K,
                             mask_id,
                             rule,
                             logits.stride(0),
                             logits.stride(1),
-                            logits.stride(2),
                             greedy ? 1.0f : 1.0f / static_cast<float>(temperature),
                             greedy,
                             argmax_final};
@@ -447,11 +451,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sweep(const at::Tenso
       s.mean();
     }
   }), at::kFloat, at::kBFloat16, at::kHalf);
-  // residual[w, b] = #{l : states[w, b, l] != prev[w, b, l]}
+  for (int64_t i = 0; i < W * B; ++i) {
+    if (missing[i]) inv[i] = -1;
+  }
+  // residual[w, b] = #{l : states[w, b, l] != prev[w, b, l]} for the first P slices
   const int64_t* st = states.const_data_ptr<int64_t>();
   const int64_t* pv = prev_c.const_data_ptr<int64_t>();
   int32_t* res = residual.data_ptr<int32_t>();
-  at::parallel_for(0, W * B, grain(L), [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, z.P * B, grain(L), [&](int64_t lo, int64_t hi) {
     for (int64_t wb = lo; wb < hi; ++wb) {
       int32_t changed = 0;
       for (int64_t l = 0; l < L; ++l) changed += st[wb * L + l] != pv[wb * L + l];

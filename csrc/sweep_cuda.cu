@@ -3,9 +3,11 @@
 //
 // sweep: one block of 256 threads per position (b, l). The block walks the W slices in order (the
 // absorbing scan); block-uniform control flow, so every block-wide reduction is reached by all threads.
-// At a slice where the masked position unmasks, the block reads the logits row once with 16-byte loads
-// (4 fp32 or 8 bf16/fp16 tokens per thread and step; rows that are not 16-byte aligned, as with odd V, or
-// whose vocab stride is not 1, fall back to scalar loads through the stride) and draws
+// Logits are packed rows [M, V]: position l of slice w reads row rows[w, b, l] (int64 [W, B, L]), read
+// only where the contract reads it (mean: at an unmask; score: at every live masked slice). At a slice
+// where the masked position unmasks, the block reads that row once with 16-byte loads (4 fp32 or 8
+// bf16/fp16 tokens per thread and step; rows that are not 16-byte aligned, as with odd V, or whose vocab
+// stride is not 1, fall back to scalar loads through the stride) and draws
 // argmax_{v != mask} x_v * (1/T) + G(seed, j, l, v) (T = 0: greedy, the plain argmax of x_v) as a running
 // (max, argmax) per thread, then a block reduction (first index on ties). Philox runs per 4 tokens in
 // the loop; the exact shortcuts of the CPU kernel skip tokens that cannot beat the thread's best
@@ -14,11 +16,14 @@
 // the position masked and counts in `invalid`. Score parametrization: each live masked slice reads its
 // row for the log-sum-exp (max pass, then sum of exp; lambda clamped to FLT_MAX in score_count), then
 // draws as above when the position unmasks.
-// Residual and invalid are accumulated with one atomic per changed position / bad row; counts are
-// stored only when the caller wants them (non-null pointer).
-// Slices: steps < 0 passes through; a live slice with steps > N or rows outside [0, R) is a bad slice:
-// it passes through too, reads nothing, and every block of its sample stores invalid = -1 (the same
-// value, and no atomic touches that entry). So no index is ever out of bounds, with no host sync.
+// Residual (first P slices) and invalid counts are accumulated with one atomic per changed position / bad
+// row; counts are stored only when the caller wants them (non-null pointer).
+// Slices: steps < 0 passes through; steps > N is a bad slice: it passes through too and reads nothing. A
+// read whose row index lies outside [0, M) is a missing row: nothing is read (the address is never
+// formed), the position stays masked (score: count 0) and the slice is flagged in `missing` (stores of
+// the same value 1 from any block: no race with the atomic counts in `invalid`). A second kernel, ordered
+// after the sweep on the stream, writes invalid = -1 for flagged and bad slices. So no index is ever out of
+// bounds, with no host sync.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -250,23 +255,25 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
   long long state = a.x0[p];
   for (long long w = 0; w < a.W; ++w) {
     const long long wb = w * a.B + b;
+    const long long o = wb * a.L + l;
     const long long j = a.steps[wb];
-    const long long r = a.rows[wb];
-    const bool live = j >= 0 && j <= a.N && r >= 0 && r < a.R;
-    if (j >= 0 && !live && threadIdx.x == 0) a.invalid[wb] = -1;  // a bad slice: passes through
+    const bool live = j >= 0 && j <= a.N;  // j > N: a bad slice, passes through (flagged by finish_invalid)
     int32_t k = 0;
     if (live && state == a.mask_id) {
-      const T* row = logits + r * a.stride_r + l * a.stride_l;
+      // the row this read uses; its address is formed only once it is known to lie in [0, M)
+      const long long r = a.rows[o];
+      const bool have = r >= 0 && r < a.M;
+      const T* row = have ? logits + r * a.stride_m : nullptr;
       const uint32_t jj = static_cast<uint32_t>(j), ll = static_cast<uint32_t>(l);
       bool bad = false, draw = false;
       if (a.score) {
         float lambda = 0.0f;
-        bad = score_lambda<T>(row, a.stride_v, a.V, a.mask_id, a.inv_t, a.rate[j], shared, lambda);
-        if (!bad) k = j == a.N ? 1 : score_count(jump_bits(k0, k1, jj, ll), lambda, a.rule);
-        draw = !bad && unmasks(k, a.rule);
+        if (have) bad = score_lambda<T>(row, a.stride_v, a.V, a.mask_id, a.inv_t, a.rate[j], shared, lambda);
+        if (have && !bad) k = j == a.N ? 1 : score_count(jump_bits(k0, k1, jj, ll), lambda, a.rule);
+        draw = have && !bad && unmasks(k, a.rule);
       } else {
         k = mean_count(jump_bits(k0, k1, jj, ll), a.cdf + j * a.K, a.K);
-        draw = unmasks(k, a.rule);
+        draw = have && unmasks(k, a.rule);
       }
       if (draw) {
         const bool noise = !(a.greedy || (a.argmax_final && j == a.N));
@@ -274,15 +281,26 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs a) {
         bad = d.bad;
         if (!bad) state = d.token;
       }
-      if (bad && threadIdx.x == 0) atomicAdd(&a.invalid[wb], 1);
+      const bool read = a.score || unmasks(k, a.rule);  // whether the contract reads this row
+      if (threadIdx.x == 0) {
+        if (read && !have) a.missing[wb] = 1;  // a missing row (the same value from every block)
+        if (bad) atomicAdd(&a.invalid[wb], 1);
+      }
     }
     if (threadIdx.x == 0) {
-      const long long o = wb * a.L + l;
       a.states[o] = state;
       if (a.counts != nullptr) a.counts[o] = k;
-      if (state != a.prev[o]) atomicAdd(&a.residual[wb], 1);
+      if (w < a.P && state != a.prev[o]) atomicAdd(&a.residual[wb], 1);
     }
   }
+}
+
+// invalid[i] = -1 where slice-sample i is a bad slice (steps > N) or read a missing row, after every count
+// landed (also when B * L = 0 and the sweep kernel did not run).
+__global__ void finish_invalid_kernel(const int64_t* steps, const int32_t* missing, int32_t* invalid, long long N,
+                                      long long n) {
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n && (steps[i] > N || missing[i] != 0)) invalid[i] = -1;
 }
 
 __global__ void unmask_table_kernel(const int64_t* x, const int64_t* seeds, const int64_t* cdf, int64_t* table,
@@ -304,22 +322,30 @@ __global__ void unmask_table_kernel(const int64_t* x, const int64_t* seeds, cons
 }  // namespace
 
 cudaError_t launch_sweep(const SweepArgs& args, cudaStream_t stream) {
+  const long long n = args.W * args.B;
+  if (n == 0) return cudaSuccess;
   const long long blocks = args.B * args.L;
-  if (blocks == 0 || args.W == 0) return cudaSuccess;
-  if (blocks > 0x7FFFFFFFLL) return cudaErrorInvalidConfiguration;
-  switch (args.dtype) {
-    case Dtype::kFloat32:
-      sweep_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    case Dtype::kBFloat16:
-      sweep_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    case Dtype::kFloat16:
-      sweep_kernel<__half><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
-      break;
-    default:
-      return cudaErrorInvalidValue;
+  const long long finish_blocks = (n + kThreads - 1) / kThreads;
+  if (blocks > 0x7FFFFFFFLL || finish_blocks > 0x7FFFFFFFLL) return cudaErrorInvalidConfiguration;
+  if (blocks > 0) {
+    switch (args.dtype) {
+      case Dtype::kFloat32:
+        sweep_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      case Dtype::kBFloat16:
+        sweep_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      case Dtype::kFloat16:
+        sweep_kernel<__half><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+        break;
+      default:
+        return cudaErrorInvalidValue;
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
+  finish_invalid_kernel<<<static_cast<unsigned>(finish_blocks), kThreads, 0, stream>>>(args.steps, args.missing,
+                                                                                       args.invalid, args.N, n);
   return cudaGetLastError();
 }
 

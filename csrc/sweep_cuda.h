@@ -13,23 +13,24 @@ namespace cuda {
 enum class Dtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // One sweep (semantics: pit_sampler/reference.py, `sweep`). All pointers are device pointers to
-// contiguous tensors except logits, read through its element strides; counts (nullptr: not written),
-// residual and invalid must be zero on entry.
+// contiguous tensors except logits, read through its element strides (nullptr allowed when M = 0);
+// counts (nullptr: not written), residual, invalid and missing must be zero on entry.
 struct SweepArgs {
-  const void* logits;    // [R, L, V] of `dtype`, elements (stride_r, stride_l, stride_v) apart
-  const int64_t* rows;   // [W, B]
+  const void* logits;    // [M, V] of `dtype` (packed rows), elements (stride_m, stride_v) apart
+  const int64_t* rows;   // [W, B, L]: the packed row each (slice, sample, position) reads
   const int64_t* steps;  // [W, B]
   const int64_t* x0;     // [B, L]
-  const int64_t* prev;   // [W, B, L]
+  const int64_t* prev;   // [P, B, L]
   const int64_t* seeds;  // [B]
   const int64_t* cdf;    // [N + 1, K]
   const float* rate;     // [N + 1]
   int64_t* states;       // [W, B, L]
   int32_t* counts;       // [W, B, L]
-  int32_t* residual;     // [W, B]
+  int32_t* residual;     // [P, B]
   int32_t* invalid;      // [W, B]
-  int64_t W, B, L, V, R, N, K, mask_id, rule;
-  int64_t stride_r, stride_l, stride_v;
+  int32_t* missing;      // [W, B] scratch: 1 where the slice read a missing row
+  int64_t W, B, L, V, M, P, N, K, mask_id, rule;
+  int64_t stride_m, stride_v;
   float inv_t;  // float32(1) / float32(temperature) (1 when greedy): scores are logits * inv_t
   bool score, argmax_final, greedy;
   Dtype dtype;

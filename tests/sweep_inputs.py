@@ -2,7 +2,10 @@
 
 :func:`random_case` draws one case from a ``random.Random``: sizes, mask position, rule, score
 parametrization, options, logits dtype and memory layout, NaN/inf patterns, and ``rows``/``steps``
-maps with pass-through (-1), bad (out-of-range) and garbage entries. :func:`backends` lists the sweep
+maps with pass-through (-1) and bad (> N) steps, packed logits ``[M, V]`` read through a random
+``[W, B, L]`` row map with repeats and missing (out-of-range) entries, and ``prev`` for ``P <= W``
+slices. :func:`full_form` maps a full ``[R, L, V]`` output to the packed arguments; :func:`reads`
+tells which row-map entries a sweep read. :func:`backends` lists the sweep
 implementations that can run here, by name, all with the op's positional signature
 ``(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
 with_counts)``; :func:`assert_same` compares two results exactly.
@@ -19,7 +22,7 @@ from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import get_schedule, time_grid
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-LAYOUTS = ("contiguous", "padded", "transposed", "offset")
+LAYOUTS = ("contiguous", "padded", "transposed", "offset", "broadcast")
 PATTERNS = ("none", "few_neginf", "topk", "block", "row_neginf", "nan_inf", "huge")
 # 0: greedy; 1e-30 and 1e-38 scale finite logits past FLT_MAX (invalid rows, banned tokens); 1e30: ~uniform
 TEMPERATURES = (0.0, 0.5, 1.0, 2.0, 1e-30, 1e-38, 1e30)
@@ -43,58 +46,66 @@ def backends(device: torch.device | str = "cpu") -> dict:
 
 
 def layout(values: torch.Tensor, kind: str, rng: random.Random) -> torch.Tensor:
-    """``values`` ``[R, L, V]`` stored as ``kind``: contiguous, a padded-vocab slice, transposed
-    (vocab stride ``L``), or at a storage offset that is not a multiple of 4 elements."""
-    R, L, V = values.shape
+    """Packed ``values`` ``[M, V]`` stored as ``kind``: contiguous, a padded-vocab slice (row stride
+    ``V + pad``, rows starting anywhere), transposed (vocab stride ``M``), at a storage offset that is not
+    a multiple of 4 elements, or one row broadcast to all ``M`` (row stride 0: every row equals row 0)."""
+    M, V = values.shape
     if kind == "contiguous":
         return values.clone()
     if kind == "padded":
         pad = rng.choice([1, 3, 47])
         start = rng.choice([0, 1, 2])
-        base = torch.full((R, L, V + pad + start), 7.0, dtype=values.dtype)
-        out = base[:, :, start : start + V]
+        out = torch.full((M, V + pad + start), 7.0, dtype=values.dtype)[:, start : start + V]
     elif kind == "transposed":
-        out = torch.empty((R, V, L), dtype=values.dtype).transpose(1, 2)
-    else:
+        out = torch.empty((V, M), dtype=values.dtype).t()
+    elif kind == "offset":
         off = rng.choice([1, 2, 3, 5])
-        flat = torch.full((off + R * L * V,), 7.0, dtype=values.dtype)
-        out = flat[off:].view(R, L, V)
+        out = torch.full((off + M * V,), 7.0, dtype=values.dtype)[off:].view(M, V)
+    else:  # "broadcast"
+        return values[:1].clone().expand(M, V)
     out.copy_(values)
     return out
 
 
-def _pattern(logits: torch.Tensor, kind: str, mask_id: int, g: torch.Generator) -> None:
-    """Write the NaN/inf pattern ``kind`` into float32 ``logits`` ``[R, L, V]`` in place."""
-    R, L, V = logits.shape
+def _pattern(logits: torch.Tensor, kind: str, g: torch.Generator) -> None:
+    """Write the NaN/inf pattern ``kind`` into float32 ``logits`` ``[M, V]`` in place."""
+    M, V = logits.shape
     ninf, nan, inf = float("-inf"), float("nan"), float("inf")
     if kind == "few_neginf":
-        logits[torch.rand(R, L, V, generator=g) < 0.1] = ninf
+        logits[torch.rand(M, V, generator=g) < 0.1] = ninf
     elif kind == "topk":  # most tokens -inf, as after top-k filtering
         k = max(1, min(V - 1, int(torch.randint(1, 4, (1,), generator=g))))
-        keep = torch.rand(R, L, V, generator=g).topk(k, dim=2).indices
+        keep = torch.rand(M, V, generator=g).topk(k, dim=1).indices
         out = torch.full_like(logits, ninf)
-        out.scatter_(2, keep, logits.gather(2, keep))
+        out.scatter_(1, keep, logits.gather(1, keep))
         logits.copy_(out)
     elif kind == "block":  # a block of suppressed ids
         lo = int(torch.randint(0, V, (1,), generator=g))
         hi = min(V, lo + max(1, V // 2))
-        logits[:, :, lo:hi] = ninf
+        logits[:, lo:hi] = ninf
     elif kind == "row_neginf":
-        logits[torch.rand(R, L, generator=g) < 0.3] = ninf
+        logits[torch.rand(M, generator=g) < 0.3] = ninf
     elif kind == "nan_inf":
-        rows = torch.rand(R, L, generator=g) < 0.3
-        cols = torch.randint(0, V, (R, L), generator=g)
-        vals = torch.where(torch.rand(R, L, generator=g) < 0.5, nan, inf)
-        r, l = rows.nonzero(as_tuple=True)
-        logits[r, l, cols[r, l]] = vals[r, l]
+        rows = (torch.rand(M, generator=g) < 0.3).nonzero(as_tuple=True)[0]
+        cols = torch.randint(0, V, (M,), generator=g)[rows]
+        vals = torch.where(torch.rand(M, generator=g) < 0.5, nan, inf)[rows]
+        logits[rows, cols] = vals
     elif kind == "huge":  # finite logits that overflow once scaled by a small temperature, or in exp
-        sel = torch.rand(R, L, V, generator=g) < 0.2
-        big = torch.where(torch.rand(R, L, V, generator=g) < 0.5, -1.0, 1.0) * 3e4
+        sel = torch.rand(M, V, generator=g) < 0.2
+        big = torch.where(torch.rand(M, V, generator=g) < 0.5, -1.0, 1.0) * 3e4
         logits[sel] = big[sel]
 
 
+MISSING = (-1, -(2**40), "M", 2**40)  # row-map entries outside [0, M)
+
+
 def random_case(rng: random.Random, *, max_w=9, max_b=4, max_l=7, vocab=(2, 3, 5, 37, 130, 1025, 4099)) -> tuple:
-    """One random argument tuple of the sweep op (see the module docstring)."""
+    """One random argument tuple of the sweep op (see the module docstring).
+
+    ``logits`` are ``M`` packed rows (``M = 0`` now and then) and ``rows`` a random ``[W, B, L]`` map into
+    them with repeats; a fraction of its entries (none in most cases) is ``-1``, ``M`` or ``+-2**40``,
+    wherever they fall: where a read happens (a missing row) and where none does (ignored). ``prev``
+    covers ``P <= W`` slices."""
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     W, B, L = rng.randint(1, max_w), rng.randint(1, max_b), rng.randint(1, max_l)
     V = rng.choice(vocab)
@@ -118,33 +129,49 @@ def random_case(rng: random.Random, *, max_w=9, max_b=4, max_l=7, vocab=(2, 3, 5
         start = rng.randint(0, N)
         steps[:, b] = torch.arange(start, start + W).clamp(max=N + 1)
         steps[:, b] = torch.where(steps[:, b] > N, -1, steps[:, b])
-    R = rng.randint(1, W * B + 1)
-    rows = torch.randint(0, R, (W, B), generator=g)
     for _ in range(rng.choice([0, 0, 1, 3])):
         w, b = rng.randrange(W), rng.randrange(B)
-        kind = rng.choice(["pass", "step>N", "step=2**40", "row=-1", "row=R", "row=2**40", "pass+garbage row"])
-        if kind == "pass":
-            steps[w, b] = rng.choice([-1, -7, -(2**40)])
-        elif kind == "step>N":
-            steps[w, b] = N + rng.randint(1, 3)
-        elif kind == "step=2**40":
-            steps[w, b] = 2**40
-        elif kind == "row=-1":
-            rows[w, b] = -1
-        elif kind == "row=R":
-            rows[w, b] = R
-        elif kind == "row=2**40":
-            rows[w, b] = 2**40
-        else:
-            steps[w, b], rows[w, b] = -1, rng.choice([-1, 2**40])
-    logits = torch.randn(R, L, V, generator=g) * rng.choice([1.0, 3.0])
-    _pattern(logits, rng.choice(PATTERNS), mask_id, g)
+        steps[w, b] = rng.choice([-1, -7, -(2**40), N + 1, N + 3, 2**40])
+    # packed rows: M from 0 (every read missing) to more rows than reads; the map repeats rows
+    M = 0 if rng.random() < 0.03 else rng.randint(1, W * B * L + 2)
+    rows = torch.randint(0, max(M, 1), (W, B, L), generator=g)
+    holes = torch.rand(W, B, L, generator=g) < rng.choice([0.0, 0.0, 0.0, 0.05, 0.3])
+    if M == 0:
+        holes[:] = True
+    for i in holes.nonzero().tolist():
+        value = rng.choice(MISSING)
+        rows[tuple(i)] = M if value == "M" else value
+    logits = torch.randn(M, V, generator=g) * rng.choice([1.0, 3.0])
+    _pattern(logits, rng.choice(PATTERNS), g)
     dtype = rng.choice(DTYPES)
     logits = layout(logits.to(dtype), rng.choice(LAYOUTS), rng)
-    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0.expand(W, B, L), clean.expand(W, B, L))
+    P = rng.choice([W, W, rng.randint(0, W)])
+    prev = torch.where(torch.rand(P, B, L, generator=g) < 0.5, x0.expand(P, B, L), clean.expand(P, B, L))
     seeds = noise.sample_seeds(rng.randrange(2**31), B)
     return (logits, rows, steps, x0, prev.contiguous(), seeds, tables.cdf, rate, mask_id,
             rng.choice(TEMPERATURES), rule, score, rng.random() < 0.5, rng.random() < 0.7)
+
+
+def full_form(logits: torch.Tensor, slice_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A full denoiser output ``logits [R, L, V]`` with one row per slice (``slice_rows [W, B]``: slice
+    ``w`` of sample ``b`` reads ``logits[slice_rows[w, b], l]``) as the packed arguments
+    ``(logits.view(R * L, V), rows)`` with ``rows[w, b, l] = slice_rows[w, b] * L + l``."""
+    R, L, V = logits.shape
+    return logits.view(R * L, V), slice_rows[:, :, None] * L + torch.arange(L, device=slice_rows.device)
+
+
+def reads(args: tuple, states: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """bool ``[W, B, L]``: which ``rows`` entries a sweep read, from its result (``counts`` with
+    ``with_counts``): a live slice's masked positions (score parametrization) or those whose count
+    unmasks (mean)."""
+    rows, steps, x0, cdf, rule, score = args[1], args[2], args[3], args[6], args[10], args[11]
+    N = cdf.shape[0] - 1
+    before = torch.cat([x0.unsqueeze(0), states[:-1]])
+    live = ((steps >= 0) & (steps <= N)).unsqueeze(-1)
+    masked = (before == args[8]) & live
+    if score:
+        return masked
+    return masked & ((counts == 1) if RULES[rule] == "reject" else (counts >= 1))
 
 
 def describe(args: tuple) -> str:

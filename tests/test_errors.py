@@ -236,11 +236,11 @@ def test_float64_denoiser_is_accepted_as_float32():
     assert torch.equal(a.tokens, b.tokens)
 
 
-def _sweep_args(W=2, B=3, R=None, Vv=V):
+def _sweep_args(W=2, B=3, M=None, Vv=V):
     tab = step_tables(ps.LogLinear(), ps.time_grid(4), "reject")
-    R = W * B if R is None else R
+    M = W * B * L if M is None else M
     return dict(
-        logits=torch.randn(R, L, Vv), rows=torch.arange(W * B).view(W, B), steps=torch.zeros(W, B, dtype=torch.long),
+        logits=torch.randn(M, Vv), rows=torch.arange(W * B * L).view(W, B, L), steps=torch.zeros(W, B, dtype=torch.long),
         x0=torch.full((B, L), MASK), prev=torch.full((W, B, L), MASK), seeds=torch.arange(B), cdf=tab.cdf,
         rate=tab.rate, mask_id=MASK,
     )
@@ -249,14 +249,20 @@ def _sweep_args(W=2, B=3, R=None, Vv=V):
 @pytest.mark.parametrize(
     "change, exc, match",
     [
-        (dict(logits=torch.randn(6, L, V).long()), TypeError, "logits"),
-        (dict(logits=torch.randn(6, L, V).double()), TypeError, "logits"),
-        (dict(logits=torch.randn(6, L + 1, V)), ValueError, "logits"),
-        (dict(logits=torch.randn(6, L, 3)), ValueError, "mask_id"),
-        (dict(rows=torch.zeros(2, 3, dtype=torch.int32)), TypeError, "rows"),
+        (dict(logits=torch.randn(6, V).long()), TypeError, "logits"),
+        (dict(logits=torch.randn(6, V).double()), TypeError, "logits"),
+        (dict(logits=torch.randn(1, 6, V)), ValueError, r"logits must have shape \[M, V\]"),
+        (dict(logits=torch.randn(6)), ValueError, r"logits must have shape \[M, V\]"),
+        (dict(logits=torch.randn(6, 3)), ValueError, "mask_id"),
+        (dict(rows=torch.zeros(2, 3, L, dtype=torch.int32)), TypeError, "rows"),
+        (dict(rows=torch.zeros(2, 3, dtype=torch.long)), ValueError, "rows"),
+        (dict(rows=torch.zeros(2, 3, L + 1, dtype=torch.long)), ValueError, r"rows must have shape \[2, 3, %d\]" % L),
+        (dict(rows=torch.zeros(1, 3, L, dtype=torch.long)), ValueError, "rows must have shape"),
         (dict(steps=torch.zeros(2, 4, dtype=torch.long)), ValueError, "steps"),
         (dict(x0=torch.full((3, L), MASK).float()), TypeError, "x0"),
-        (dict(prev=torch.full((2, 3, L + 1), MASK)), ValueError, "prev"),
+        (dict(prev=torch.full((2, 3, L + 1), MASK)), ValueError, r"prev must have shape \[P, 3, %d\] with P <= 2" % L),
+        (dict(prev=torch.full((3, 3, L), MASK)), ValueError, "prev must have shape"),
+        (dict(prev=torch.full((2, 3), MASK)), ValueError, "prev"),
         (dict(seeds=torch.arange(4)), ValueError, "seeds"),
         (dict(rate=torch.zeros(5, dtype=torch.float64)), TypeError, "rate"),
         (dict(mask_id=-2), ValueError, "mask_id"),
@@ -268,7 +274,7 @@ def _sweep_args(W=2, B=3, R=None, Vv=V):
         (dict(rule=True), TypeError, "rule"),
         (dict(mask_id=True), TypeError, "mask_id"),
         (dict(cdf=torch.zeros(5, 2, dtype=torch.float64)), TypeError, "cdf"),
-        (dict(logits=torch.randn(6, L, V).to_sparse()), TypeError, "logits"),
+        (dict(logits=torch.randn(6, V).to_sparse()), TypeError, "logits"),
     ],
 )
 def test_sweep_op_validates(change, exc, match):
@@ -287,6 +293,9 @@ def test_sweep_op_validates(change, exc, match):
         (dict(mask_id=V), ValueError, "mask_id"),
         (dict(rate=torch.zeros(3)), ValueError, "rate"),
         (dict(temperature=float("inf")), ValueError, "temperature"),
+        (dict(rows=torch.zeros(2, 3, dtype=torch.long)), ValueError, "rows"),
+        (dict(prev=torch.full((3, 3, L), MASK)), ValueError, "prev"),
+        (dict(logits=torch.randn(2, 3, V)), ValueError, "logits"),
     ],
 )
 @pytest.mark.parametrize("backend", ops.available_backends("cpu"))

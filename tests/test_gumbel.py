@@ -239,10 +239,10 @@ def test_sweep_token_draw_uses_the_gumbel_stream():
     rate = torch.zeros(N + 1, dtype=torch.float32)
     steps = torch.tensor([[0, 1, 4, 8, 9, 3]])
     x0 = torch.full((B, L), mask_id, dtype=torch.int64)
-    rows = torch.arange(B).view(1, B)
+    rows = (torch.arange(B).view(B, 1) * L + torch.arange(L)).view(1, B, L)  # position l of sample b: logits[b, l]
     with ops.use_backend("reference"):
         states, counts, _, invalid = ops.sweep(
-            logits, rows, steps, x0, x0.unsqueeze(0), seeds, cdf, rate, mask_id, T, 0, with_counts=True
+            logits.view(B * L, V), rows, steps, x0, x0.unsqueeze(0), seeds, cdf, rate, mask_id, T, 0, with_counts=True
         )
     assert ops.last_backend("sweep") == "reference"
     assert bool((counts == 1).all()) and bool((invalid == 0).all())
@@ -261,7 +261,7 @@ def test_sweep_jump_decision_uses_the_jump_stream():
     seeds = torch.tensor([11, 12, 13, -14], dtype=torch.int64)
     thresholds = torch.tensor([[2**30, 2**31, 3 * 2**30], [2**31, 2**32, 2**32], [0, 2**32, 2**32]])
     rate = torch.zeros(3, dtype=torch.float32)
-    logits = torch.zeros(1, L, V)
+    logits = torch.randn(1, V, generator=torch.Generator().manual_seed(0))  # one packed row, read by every position
     x0 = torch.full((B, L), mask_id, dtype=torch.int64)
     x0[:, ::7] = 0  # some clean positions: count 0, unchanged
     for j in (0, 1):
@@ -269,7 +269,7 @@ def test_sweep_jump_decision_uses_the_jump_stream():
         with ops.use_backend("reference"):
             states, counts, _, _ = ops.sweep(
                 logits,
-                torch.zeros(1, B, dtype=torch.int64),
+                torch.zeros(1, B, L, dtype=torch.int64),
                 steps,
                 x0,
                 x0.unsqueeze(0),

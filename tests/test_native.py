@@ -23,6 +23,7 @@ from pit_sampler.backends import native
 from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import get_schedule, time_grid
 from pit_sampler.testing import make_oracle
+from sweep_inputs import assert_same, describe, full_form, random_case
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -40,7 +41,8 @@ needs_cuda = pytest.mark.skipif(
 
 
 def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, bad=0.0, final=0.2, dtype=torch.float32):
-    """Random sweep arguments: logits of every row, prompts, pass-through slices, the final step N."""
+    """Random sweep arguments: a full output ``[R, L, V]`` with a row per slice (and a spare one), passed
+    packed (:func:`sweep_inputs.full_form`), prompts, pass-through slices, the final step N."""
     g = torch.Generator().manual_seed(seed)
     tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), rule)
     R = W * B + 1  # one spare row nobody reads
@@ -59,7 +61,7 @@ def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, ba
             else:
                 logits[r[i], l[i]] = float("-inf")
     logits[:, :, mask_id] = torch.where(torch.rand(R, L, generator=g) < 0.5, float("nan"), 7.0)  # never read
-    rows = torch.randperm(R, generator=g)[: W * B].view(W, B)
+    logits, rows = full_form(logits, torch.randperm(R, generator=g)[: W * B].view(W, B))
     steps = torch.randint(0, N, (W, B), generator=g).sort(0).values
     steps = torch.where(torch.rand(W, B, generator=g) < final, N, steps)
     steps = torch.where(torch.rand(W, B, generator=g) < passthrough, -1, steps)
@@ -131,7 +133,7 @@ def test_sweep_equals_reference(rule, score, dtype):
 @pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
 def test_bad_rows_are_counted_and_stay_masked(score):
     case = _case(7, W=6, B=3, L=40, V=29, N=8, rule="first", mask_id=5, prompt=0.1, bad=0.3, final=0.4)
-    case["logits"] = case["logits"].transpose(1, 2).contiguous().transpose(1, 2)  # strided input
+    case["logits"] = case["logits"].t().contiguous().t()  # strided input (vocab stride M)
     args = _args(case, 1.0, "first", score, False)
     got = torch.ops.pit_sampler_native.sweep(*args)
     _assert_same(got, reference.sweep(*args), "bad rows")
@@ -171,10 +173,10 @@ def test_temperature_is_a_float32_multiply_by_its_inverse():
     a = torch.rand(100000, generator=g) * 3 + 1
     b = torch.nextafter(a, torch.tensor(-float("inf")))
     i = int(((a * inv_t == b * inv_t) & (a / T != b / T)).nonzero()[0])
-    logits = torch.full((1, 1, 5), -float("inf"))
-    logits[0, 0, 1], logits[0, 0, 2] = b[i], a[i]  # b < a, but b * inv_t == a * inv_t
+    logits = torch.full((1, 5), -float("inf"))
+    logits[0, 1], logits[0, 2] = b[i], a[i]  # b < a, but b * inv_t == a * inv_t
     case = _case(0, W=1, B=1, L=1, V=5, N=2, rule="first", mask_id=0, prompt=0.0, passthrough=0.0, final=1.0)
-    args = _args({**case, "logits": logits, "rows": torch.zeros(1, 1, dtype=torch.int64)}, T, "first", False, True)
+    args = _args({**case, "logits": logits, "rows": torch.zeros(1, 1, 1, dtype=torch.int64)}, T, "first", False, True)
     got = torch.ops.pit_sampler_native.sweep(*args)
     _assert_same(got, reference.sweep(*args), "temperature")
     assert int(got[0][0, 0, 0]) == 1
@@ -206,35 +208,45 @@ def test_the_ops_pick_native_on_cpu_and_can_be_forced():
 
 
 @needs_native
-def test_out_of_range_rows_and_steps_are_bad_slices():
-    """Live slices with steps > N or rows outside [0, R) are flagged (invalid = -1), not raised on or read."""
+def test_out_of_range_steps_and_rows_are_flagged():
+    """A slice with steps > N (bad slice) and one whose positions read rows outside [0, M) (missing rows)
+    are flagged (invalid = -1), not raised on or read; a bad argument raises naming it."""
     case = _case(2, W=2, B=2, L=6, V=11, N=4, rule="first", mask_id=10, prompt=0.0, passthrough=0.0, final=1.0)
     steps, rows = case["steps"].clone(), case["rows"].clone()
     steps[1, 0] = 99
-    rows[0, 1] = 1000
-    got = torch.ops.pit_sampler_native.sweep(*_args({**case, "steps": steps, "rows": rows}, 1.0, "first", False, False))
+    rows[0, 1] = torch.tensor([-1, 1000, 2**40, -(2**40), 0, 1])
+    args = _args({**case, "steps": steps, "rows": rows}, 1.0, "first", False, False)
+    got = torch.ops.pit_sampler_native.sweep(*args)
+    _assert_same(got, reference.sweep(*args), "flags")
     assert got[3][1, 0] == -1 and got[3][0, 1] == -1
-    with pytest.raises(RuntimeError, match="logits"):
-        torch.ops.pit_sampler_native.sweep(
-            *_args({**case, "logits": case["logits"].double()}, 1.0, "first", False, False)
-        )
+    assert bool((got[0][0, 1, :4] == 10).all()) and bool((got[0][0, 1, 4:] != 10).all())
+    for change, name in (({"logits": case["logits"].double()}, "logits"), ({"logits": case["logits"][None]}, "logits"),
+                         ({"rows": case["rows"][:, :, :-1]}, "rows"), ({"prev": case["prev"][:, :1]}, "prev"),
+                         ({"prev": torch.cat([case["prev"], case["prev"]])}, "prev")):
+        with pytest.raises(RuntimeError, match=name):
+            torch.ops.pit_sampler_native.sweep(*_args({**case, **change}, 1.0, "first", False, False))
 
 
 @needs_native
 @pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
 def test_strided_logits_equal_contiguous(score):
-    """Logits read in place through their strides give the contiguous result: a padded-vocab view (rows
-    start anywhere), a transposed one (vocab stride L) and an odd storage offset."""
+    """Packed logits read in place through their strides give the contiguous result: padded-vocab views
+    (rows start anywhere), a transposed one (vocab stride M), an odd storage offset, and rows repeated
+    by a zero row stride."""
     case = _case(11, W=3, B=2, L=5, V=131, N=6, rule="first", mask_id=65, prompt=0.2, bad=0.1)
-    R, L, V = case["logits"].shape
+    M, V = case["logits"].shape
     want = torch.ops.pit_sampler_native.sweep(*_args(case, 0.7, "first", score, False))
-    padded = torch.randn(R, L, V + 61)
-    transposed = torch.empty(R, V, L).transpose(1, 2)
-    offset = torch.empty(3 + R * L * V)[3:].view(R, L, V)
-    for view in (padded[:, :, 5 : 5 + V], padded[:, :, :V], transposed, offset):
+    padded = torch.randn(M, V + 61)
+    transposed = torch.empty(V, M).t()
+    offset = torch.empty(3 + M * V)[3:].view(M, V)
+    for view in (padded[:, 5 : 5 + V], padded[:, :V], transposed, offset):
         view.copy_(case["logits"])
         got = torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": view}, 0.7, "first", score, False))
         _assert_same(got, want, view.stride())
+    one = case["logits"][3:4]
+    got = torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": one.expand(M, V)}, 0.7, "first", score, False))
+    _assert_same(got, torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": one.repeat(M, 1)}, 0.7, "first",
+                                                                 score, False)), "stride 0")
 
 
 def _sampler_kwargs(oracle, rule, parametrization="mean"):
@@ -316,8 +328,10 @@ def _nvcc() -> str | None:
     return found
 
 
-def test_cuda_kernels_compile(tmp_path):
-    """nvcc -c of the CUDA kernels: a syntax and template check (nothing runs). Needs only the toolkit."""
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_cuda_kernels_compile(tmp_path, arch):
+    """nvcc -c of the CUDA kernels for sm_80 and sm_90: a syntax and template check (nothing runs). Needs
+    only the toolkit."""
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH to compile-check csrc/sweep_cuda.cu)")
@@ -330,7 +344,7 @@ def test_cuda_kernels_compile(tmp_path):
         "-std=c++17",
         "-O1",
         "--fmad=false",
-        "-arch=sm_80",
+        f"-arch=sm_{arch}",
         "-Werror",
         "all-warnings",
     ]
@@ -384,3 +398,17 @@ def test_cuda_sweep_equals_reference(rule, score, dtype):
         assert torch.equal(
             table.cpu(), reference.unmask_table(x, case["seeds"], case["cdf"], mask_id, RULES.index(rule))
         )
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_fuzz_against_reference():
+    """The differential fuzz of tests/test_fuzz.py (packed rows, missing rows, P <= W, bad slices, every
+    layout) on the CUDA kernels; W up to 128 slices."""
+    import random
+
+    rng = random.Random(20261201)
+    for i in range(300):
+        args = random_case(rng, max_w=128 if i % 10 == 0 else 9)
+        cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        assert_same(torch.ops.pit_sampler_native.sweep(*cuda_args), reference.sweep(*args), f"case {i}: {describe(args)}")

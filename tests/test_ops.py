@@ -22,10 +22,11 @@ def _sweep_args(score: bool, seed: int = 0, with_counts: bool = True):
     x0 = torch.full((B, L), mask_id)
     x0[0, 0] = 3
     steps = torch.tensor([[2, 5], [3, -1]])
-    rows = torch.tensor([[0, 1], [2, -1]])
-    logits = torch.randn(3, L, V, generator=g)
+    rows = torch.tensor([[[0, 3, 1], [4, 2, 2]], [[1, -1, 0], [-1, -1, -1]]])  # packed rows, repeats, holes
+    logits = torch.randn(5, V, generator=g)
     rate = torch.full((N + 1,), 0.05, dtype=torch.float32)
-    args = (logits, rows, steps, x0, x0.expand(W, B, L).clone(), noise.sample_seeds(seed, B), tables.cdf,
+    prev = x0.expand(W - 1, B, L).clone()  # P = W - 1: the last slice has no previous iterate
+    args = (logits, rows, steps, x0, prev, noise.sample_seeds(seed, B), tables.cdf,
             rate if score else tables.rate, mask_id, 1.0, RULES.index("first"), score, False, with_counts)
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 

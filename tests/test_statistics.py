@@ -41,6 +41,7 @@ from pit_sampler import ops
 from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import Cosine, LogLinear, Schedule, get_schedule, time_grid
 from pit_sampler.testing import make_oracle
+from sweep_inputs import full_form
 
 P_FAIL = 1e-4  # goodness-of-fit tests reject at p < P_FAIL: false-failure rate 1e-4 per test
 Z_TOL = 4.0  # z-tests reject at |z| > 4: two-sided false-failure rate 6.3e-5 per test
@@ -93,12 +94,14 @@ ALL_BACKENDS = ["reference", *STAT_BACKENDS]
 
 
 def one_sweep(logits, step, x0, seeds, tables, mask_id, temperature=1.0, argmax_final=False, score=False):
-    """``ops.sweep`` with W = 1: every sample performs global step ``step`` (int or ``[B]``)."""
+    """``ops.sweep`` with W = 1: every sample performs global step ``step`` (int or ``[B]``); ``logits``
+    is a full output ``[R, L, V]``, one per sample (``R = B``) or shared (``R = 1``)."""
     B = x0.shape[0]
     steps = torch.as_tensor(step, dtype=torch.int64).expand(B).reshape(1, B).contiguous()
-    rows = torch.zeros(1, B, dtype=torch.int64) if logits.shape[0] == 1 else torch.arange(B).view(1, B)
+    slice_rows = torch.zeros(1, B, dtype=torch.int64) if logits.shape[0] == 1 else torch.arange(B).view(1, B)
+    packed, rows = full_form(logits, slice_rows)
     return ops.sweep(
-        logits,
+        packed,
         rows,
         steps,
         x0,
@@ -518,8 +521,7 @@ def test_unmask_table_equals_step_by_step_sweeps(rule):
     W = N + 1
     steps = torch.arange(W).view(W, 1).expand(W, B).contiguous()
     states = ops.sweep(
-        logits,
-        torch.zeros(W, B, dtype=torch.int64),
+        *full_form(logits, torch.zeros(W, B, dtype=torch.int64)),
         steps,
         x0,
         x0.expand(W, B, L).contiguous(),

@@ -90,7 +90,9 @@ def test_gumbel_transform_over_the_whole_range():
 # ---------------------------------------------------------------------------------------------
 def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False,
                 with_counts=True):
-    """A window with prompts, already-unmasked positions, pass-through slices and the final step."""
+    """A window with prompts, already-unmasked positions, pass-through slices and the final step; logits
+    are packed rows (one per live slice and position, in random order), ``rows`` maps every position of
+    a live slice to its row and is ``-1`` elsewhere."""
     g = torch.Generator().manual_seed(seed)
     mask_id = V // 2 if mask_id is None else mask_id
     tables = step_tables(get_schedule("loglinear"), time_grid(N), rule)
@@ -107,10 +109,10 @@ def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperatu
         start = int(torch.randint(0, N + 1, (1,), generator=g)) if b != 1 else N + 1 - min(n, N + 1)
         chosen = torch.arange(start, min(N + 1, start + n))  # consecutive steps; b = 1 ends on the final fill
         steps[: len(chosen), b] = chosen
-    live = steps >= 0
-    rows = torch.full((W, B), -1, dtype=torch.int64)
+    live = (steps >= 0).unsqueeze(-1).expand(W, B, L)
+    rows = torch.full((W, B, L), -1, dtype=torch.int64)
     rows[live] = torch.randperm(int(live.sum()), generator=g)
-    logits = torch.randn(int(live.sum()), L, V, generator=g) * 2.0
+    logits = torch.randn(int(live.sum()), V, generator=g) * 2.0
     rate = tables.rate
     if score:  # score rates that make K = 0, 1 and 2 all common (the schedule's own are extreme here)
         total = V * float(torch.exp(torch.tensor(2.0)))  # E[sum exp(s)] for s ~ N(0, 4)
@@ -183,11 +185,16 @@ def test_sweep_invalid_rows_keep_positions_masked(score):
     args = list(_sweep_case(B=B, L=L, V=V, W=W, N=N, rule="first", score=score, dtype=torch.float32, seed=8))
     logits = args[0].clone()
     mask_id = args[8]
-    logits[:, 1, 3] = float("nan")
-    logits[:, 2, 5] = float("inf")
-    logits[:, 3] = float("-inf")
-    logits[:, 4, mask_id] = float("nan")  # on the mask column: ignored
-    logits[1::2, 5, 0] = float("nan")  # bad in some rows only: later slices may draw
+    rows = args[1]
+
+    def at(l):  # the packed rows of position l
+        return rows[:, :, l][rows[:, :, l] >= 0]
+
+    logits[at(1), 3] = float("nan")
+    logits[at(2), 5] = float("inf")
+    logits[at(3)] = float("-inf")
+    logits[at(4), mask_id] = float("nan")  # on the mask column: ignored
+    logits[at(5)[1::2], 0] = float("nan")  # bad in some rows only: later slices may draw
     args[0] = logits
     args[3] = torch.full((B, L), mask_id, dtype=torch.int64, device=DEVICE)
     states, _, _, invalid = _check_sweep(tuple(args))
@@ -197,15 +204,52 @@ def test_sweep_invalid_rows_keep_positions_masked(score):
 
 
 def test_sweep_strided_logits():
-    """Logits that are a non-contiguous view (rows interleaved, vocabulary strided) are read in place."""
+    """Packed logits that are a non-contiguous view (rows interleaved, vocabulary strided) are read in place."""
     args = list(_sweep_case(B=2, L=5, V=19, W=3, N=5, rule="reject", score=False, dtype=torch.bfloat16, seed=6))
-    base = torch.randn(2 * args[0].shape[0], args[0].shape[2], args[0].shape[1], dtype=torch.bfloat16, device=DEVICE)
-    args[0] = base[::2].transpose(1, 2)  # [R, L, V] with strides (2 V L, 1, L)
+    M, V = args[0].shape
+    base = torch.randn(V, 2 * M, dtype=torch.bfloat16, device=DEVICE)
+    args[0] = base[:, ::2].t()  # [M, V] with strides (2, 2 M)
     assert not args[0].is_contiguous()
     _check_sweep(tuple(args))
-    padded = torch.randn(args[0].shape[0], args[0].shape[1], 24, device=DEVICE)
-    args[0] = padded[:, :, 2:21]  # rows start off 4-element alignment
+    padded = torch.randn(M, 24, device=DEVICE)
+    args[0] = padded[:, 2:21]  # rows start off 4-element alignment
     _check_sweep(tuple(args))
+
+
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+def test_sweep_missing_and_repeated_rows(score):
+    """Packed rows read by several positions (a 3-row table, 4-aligned and not) and reads whose row is
+    missing (-1, M, 2**40): the position stays masked, ``invalid = -1``; one chunk of a split vocabulary
+    and the whole row alike."""
+    args = list(_sweep_case(B=2, L=4, V=72, W=3, N=4, rule="first", score=score, dtype=torch.float32, seed=9,
+                            mask_id=21))
+    g = torch.Generator().manual_seed(9)
+    W, B, L = args[1].shape
+    rows = torch.randint(0, 3, (W, B, L), generator=g)
+    rows[0, 0, 1], rows[1, 1, 2], rows[2, 0, 3] = -1, 3, 2**40
+    args[1] = rows.to(DEVICE)
+    for logits in (torch.randn(3, 72, generator=g), torch.randn(3, 73, generator=g)[:, :72]):
+        args[0] = logits.to(DEVICE)
+        for config in (_small_tiles(), triton_sweep.SweepConfig(block_v=16, num_warps=1, target_programs=1,
+                                                                  block_l=2, v_split=3)):
+            states, _, _, invalid = _check_sweep(tuple(args), config)
+            assert bool((invalid == -1).any()) and bool((states != args[3].unsqueeze(0)).any())
+
+
+def test_launch_params_are_the_launched_ones():
+    """``kernel_configurations`` is built from ``launch_params``, the function the launcher calls: every
+    constexpr set a launch uses is among them (here the CPU defaults, windows of 1 to 128 slices)."""
+    cfg = triton_sweep.default_config(torch.device("cpu"))
+    keys = {c.key() for c in triton_sweep.kernel_configurations(cfg)}
+    for W in (1, 2, 3, 5, 64, 100, 128):
+        for score in (False, True):
+            for greedy in (False, True):
+                launch = triton_sweep.launch_params(cfg, W=W, positions=6, score=score, rule=1, greedy=greedy,
+                                                    scale=not greedy, argmax_final=True, with_counts=True,
+                                                    aligned=W % 2 == 0)
+                assert launch.key() in keys
+    w_pads = {c.constexprs.get("W_PAD") for c in triton_sweep.kernel_configurations(cfg)} - {None}
+    assert w_pads == {2, 4, 8, 16, 32, 64, 128}
 
 
 def _gpu_launch():
@@ -226,10 +270,10 @@ def test_split_vocabulary_chunks_without_candidates_are_not_invalid(kind):
                             mask_id=mask_id))
     logits = args[0].clone()
     if kind == "topk":  # top-5 filtering: everything else -inf
-        keep = logits.topk(5, dim=2).indices
-        logits = torch.full_like(logits, float("-inf")).scatter(2, keep, logits.gather(2, keep))
+        keep = logits.topk(5, dim=1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(1, keep, logits.gather(1, keep))
     elif kind == "suppressed_block":
-        logits[:, :, 200:900] = float("-inf")  # whole vocabulary chunks hold nothing above -inf
+        logits[:, 200:900] = float("-inf")  # whole vocabulary chunks hold nothing above -inf
     args[0] = logits
     for config in _split_configs():
         states, _, _, invalid = _check_sweep(tuple(args), config)
@@ -243,7 +287,7 @@ def test_split_vocabulary_fuzz_case_tweedie_fp16():
     args = list(_sweep_case(B=3, L=2, V=130, W=4, N=6, rule="tweedie", score=False, dtype=torch.float16, seed=4,
                             mask_id=65, temperature=2.0))
     args[0] = args[0].clone()
-    args[0][:, :, :64] = float("-inf")
+    args[0][:, :64] = float("-inf")
     for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16, v_split=3)]:
         assert bool((_check_sweep(tuple(args), config)[3] == 0).all())
 

@@ -6,11 +6,12 @@ Algorithm
 ---------
 Per position, the slices form an absorbing scan: a masked position stays masked until the slice
 ``w`` at which its jump count passes the unmask rule, takes a token there, and keeps it for the rest
-of the window. The token is ``argmax_{v != mask} logits[rows[w, b], l, v] / T + G(seed_b, j, l, v)``,
+of the window. The token is ``argmax_{v != mask} logits[rows[w, b, l], v] / T + G(seed_b, j, l, v)``
+(``logits [M, V]``: packed rows, read through their strides),
 found in one pass over the row by Gumbel-max over vocabulary tiles with a running best, so neither a
 softmax nor a noise tensor is ever in memory.
 
-*Mean parametrization* (``SCORE = False``). The count ``K = #{k : x >= cdf[j, k]}`` depends on the
+*Mean parametrization* (:func:`_mean_kernel`). The count ``K = #{k : x >= cdf[j, k]}`` depends on the
 noise alone, so a program computes, for a tile of ``BLOCK_L`` positions and all ``W`` slices at
 once (a ``[BLOCK_L, W_PAD]`` block of jump words), every position's first unmasking slice: the scan
 needs no loop over slices, and a row of logits is read only at that slice. The vocabulary may be
@@ -21,18 +22,24 @@ chunk of the row and merges ``(score, token)`` into a per-position int64 key by 
 ``2**63 - 1`` a NaN/+inf scaled logit, which wins the merge). The last program of the tile to finish
 (an atomic counter) reads the keys, writes ``states``/``counts`` for all slices and adds the tile's
 ``residual``. The row is invalid iff the merged key is ``0`` (nothing above -inf in the whole row)
-or ``2**63 - 1``; it keeps the position masked (counted in ``invalid``), and that program then
-redraws at the position's next unmasking slice, full row, itself.
+or ``2**63 - 1``; it keeps the position masked (counted in ``invalid``; a missing row, whose key also
+stays 0, is told apart by the map and flagged), and that program then redraws at the position's next
+unmasking slice, full row, itself.
 
-*Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N`` and ``0 <= rows < R``; a slice
-with ``steps >= 0`` that is not live is *bad*: it passes through like ``steps = -1`` and the first
-program of its sample stores ``invalid = -1`` (nothing else touches that entry). Steps are clamped
-before any index, so no ``rows``/``steps`` value reads or writes out of bounds, without a host sync.
+*Slices* (:func:`_slices`): a slice is live when ``0 <= steps <= N``; a slice with ``steps > N`` is
+*bad*: it passes through like ``steps = -1`` (the host sets its ``invalid = -1``). Steps are clamped
+before any index, so no ``steps`` value reads or writes out of bounds, without a host sync.
+
+*Rows* (:func:`_row_of`): a read looks its row up in ``rows [W, B, L]`` and tests ``0 <= r < M`` before
+forming an address; outside, it is a *missing row*: nothing is read, the position stays masked (score:
+count 0) and the slice is flagged. Flags go to a separate ``missing [W, B]`` buffer (plain stores of 1),
+never into ``invalid``, which programs of the same sample increment with atomics; the host writes
+``invalid = -1`` where a flag is set after the kernel (see :func:`sweep`).
 
 *Options.* ``WITH_COUNTS = False`` skips every ``counts`` store (the host passes an empty tensor);
 ``GREEDY`` (``temperature = 0``) turns the noise off at every step and leaves the logits unscaled.
 
-*Score parametrization* (``SCORE = True``). ``K`` needs ``S = sum_v exp(s_v)`` of the row, so the
+*Score parametrization* (:func:`_score_kernel`). ``K`` needs ``S = sum_v exp(s_v)`` of the row, so the
 scan runs slice by slice: every masked position's row is read once per slice and the same pass
 computes the log-sum-exp and the Gumbel-max; ``K`` then comes from float32 Poisson CDFs
 (:func:`score_counts`, with ``lambda`` clamped to ``FLT_MAX`` so that an overflow saturates at 64)
@@ -60,9 +67,11 @@ dividing when ``1 / T`` is a power of two).
 
 Memory: logits are read through their strides (int64 offsets; a row must be contiguous in ``v`` for
 vector loads); the small index tensors are made contiguous by the host. ``states``/``counts`` are
-written once per (slice, position), ``residual``/``invalid`` are accumulated with atomics.
+written once per (slice, position), ``residual`` (first ``P`` slices: ``prev`` is ``[P, B, L]``) and
+``invalid`` are accumulated with atomics.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -219,16 +228,21 @@ def _noise(step, N, ARGMAX_FINAL: tl.constexpr, GREEDY: tl.constexpr):
 
 
 @triton.jit
-def _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R):
-    """Steps of the slices ``ws`` of sample ``b`` and their kinds: ``live`` (a step: ``0 <= j <= N``,
-    ``0 <= rows < R``) and ``broken`` (a bad slice: ``j >= 0`` but out of range; it passes through and
-    reports ``invalid = -1``). Steps of other slices are clamped to 0, so nothing indexes out of bounds."""
-    in_w = ws < W
-    step = tl.load(steps_ptr + ws * B + b, mask=in_w, other=-1)
-    row = tl.load(rows_ptr + ws * B + b, mask=in_w, other=0)
-    live = (step >= 0) & (step <= N) & (row >= 0) & (row < R)
-    broken = (step >= 0) & ~live
-    return tl.where(live, step, 0), live, broken
+def _slices(steps_ptr, ws, b, B, W, N):
+    """Steps of the slices ``ws`` of sample ``b`` and whether each is ``live`` (a step: ``0 <= j <= N``;
+    ``j > N`` is a bad slice, which passes through like ``j < 0`` and is flagged by the host). Steps of
+    other slices are clamped to 0, so nothing indexes out of bounds."""
+    step = tl.load(steps_ptr + ws * B + b, mask=ws < W, other=-1)
+    live = (step >= 0) & (step <= N)
+    return tl.where(live, step, 0), live
+
+
+@triton.jit
+def _row_of(rows_ptr, w, b, l, B, L, M):
+    """The packed row that position ``l`` of slice ``w`` of sample ``b`` reads, and whether it exists
+    (``0 <= r < M``; else the read is a *missing row*, and no address is formed from ``r``)."""
+    r = tl.load(rows_ptr + (w * B + b).to(tl.int64) * L + l)
+    return r, (r >= 0) & (r < M)
 
 
 @triton.jit
@@ -243,17 +257,21 @@ def _score_key(best, token, nonfinite):
 
 
 @triton.jit
-def _sweep_kernel(
-    logits_ptr, rows_ptr, steps_ptr, x0_ptr, prev_ptr, seeds_ptr, cdf_ptr, rate_ptr,
-    states_ptr, counts_ptr, residual_ptr, invalid_ptr, keys_ptr, done_ptr,
-    logits_offset, stride_r, stride_l, stride_v,
-    B, L, V, W, N, KC, R, mask_id, inv_t,
+def _mean_kernel(
+    logits_ptr, rows_ptr, steps_ptr, x0_ptr, prev_ptr, seeds_ptr, cdf_ptr,
+    states_ptr, counts_ptr, residual_ptr, invalid_ptr, missing_ptr, keys_ptr, done_ptr,
+    logits_offset, stride_m, stride_v,
+    B, L, V, W, P, N, KC, M, mask_id, inv_t,
     n_ltiles, v_split, chunk_tiles, n_vtiles,
-    RULE: tl.constexpr, SCORE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK_L: tl.constexpr, W_PAD: tl.constexpr, GROUPS: tl.constexpr,
+    RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_L: tl.constexpr, W_PAD: tl.constexpr, GROUPS: tl.constexpr,
     WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr,
 ):
-    """One program: ``BLOCK_L`` positions of sample ``b`` (and vocabulary chunk ``s`` when ``SCORE`` is false)."""
+    """Mean parametrization, one program: ``BLOCK_L`` positions of sample ``b``, vocabulary chunk ``s``.
+
+    The scan gives each position's first unmasking slice; the program draws its chunk of that row and
+    merges the result into the position's key; the tile's last program decodes the keys and writes
+    every slice (:func:`_mean_finish`)."""
     pid = tl.program_id(0)
     s = pid % v_split
     tile = pid // v_split
@@ -262,49 +280,40 @@ def _sweep_kernel(
     in_l = offs < L
     k0, k1 = seed_key(tl.load(seeds_ptr + b))
     x0 = tl.load(x0_ptr + b.to(tl.int64) * L + offs, mask=in_l, other=0)
-    if (tile % n_ltiles == 0) & (s == 0):  # one program per sample flags its bad slices
-        ws = tl.arange(0, W_PAD)
-        broken = _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R)[2]
-        tl.store(invalid_ptr + ws * B + b, tl.full((W_PAD,), -1, tl.int32), mask=broken)
-    if SCORE:
-        _score_scan(logits_ptr, rows_ptr, steps_ptr, prev_ptr, rate_ptr, states_ptr, counts_ptr, residual_ptr,
-                    invalid_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                    B, L, V, W, N, R, mask_id, inv_t, n_vtiles,
-                    RULE, ARGMAX_FINAL, SCALE, ALIGNED, GROUPS, WITH_COUNTS, GREEDY)
-    else:
-        first = _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id, RULE,
-                           W_PAD)[2]
-        # this program's share of the draws: vocabulary chunk s of every unmasking position
-        tile_lo = s * chunk_tiles
-        tile_hi = tl.minimum(tile_lo + chunk_tiles, n_vtiles)
-        pending = first < W_PAD
-        while tl.max(pending.to(tl.int32)) > 0:
-            l = tl.min(tl.where(pending, offs, BIG))
-            pending = pending & (offs != l)
-            w = tl.min(tl.where(offs == l, first, W_PAD))
+    first = _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, mask_id, RULE, W_PAD)[2]
+    # this program's share of the draws: vocabulary chunk s of every unmasking position (a missing row is
+    # not read: its key stays 0, and _mean_finish tells it from an invalid row)
+    tile_lo = s * chunk_tiles
+    tile_hi = tl.minimum(tile_lo + chunk_tiles, n_vtiles)
+    pending = first < W_PAD
+    while tl.max(pending.to(tl.int32)) > 0:
+        l = tl.min(tl.where(pending, offs, BIG))
+        pending = pending & (offs != l)
+        w = tl.min(tl.where(offs == l, first, W_PAD))
+        r, have = _row_of(rows_ptr, w, b, l, B, L, M)
+        if have:
             j = tl.load(steps_ptr + w * B + b)
-            row_off = logits_offset + tl.load(rows_ptr + w * B + b) * stride_r + l.to(tl.int64) * stride_l
             noise = _noise(j, N, ARGMAX_FINAL, GREEDY)
-            best, token, bad, nonfinite, lse = _row_pass(logits_ptr, row_off, stride_v, tile_lo, tile_hi, n_vtiles,
-                                                         V, mask_id, inv_t, k0, k1, j, l, noise, False, SCALE,
-                                                         ALIGNED, GROUPS)
+            best, token, bad, nonfinite, lse = _row_pass(logits_ptr, logits_offset + r * stride_m, stride_v,
+                                                         tile_lo, tile_hi, n_vtiles, V, mask_id, inv_t,
+                                                         k0, k1, j, l, noise, False, SCALE, ALIGNED, GROUPS)
             tl.atomic_max(keys_ptr + b.to(tl.int64) * L + l, _score_key(best, token, nonfinite))
-        tl.debug_barrier()
-        if tl.atomic_add(done_ptr + tile, 1) == v_split - 1:  # the tile's last program: finish it
-            _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr, counts_ptr, residual_ptr,
-                         invalid_ptr, keys_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0,
-                         k0, k1, B, L, V, W, N, KC, R, mask_id, inv_t, n_vtiles,
-                         RULE, ARGMAX_FINAL, SCALE, ALIGNED, W_PAD, GROUPS, WITH_COUNTS, GREEDY)
+    tl.debug_barrier()
+    if tl.atomic_add(done_ptr + tile, 1) == v_split - 1:  # the tile's last program: finish it
+        _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr, counts_ptr, residual_ptr,
+                     invalid_ptr, missing_ptr, keys_ptr, logits_offset, stride_m, stride_v, b, offs, in_l, x0,
+                     k0, k1, B, L, V, W, P, N, KC, M, mask_id, inv_t, n_vtiles,
+                     RULE, ARGMAX_FINAL, SCALE, ALIGNED, W_PAD, GROUPS, WITH_COUNTS, GREEDY)
 
 
 @triton.jit
-def _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id,
+def _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, mask_id,
                RULE: tl.constexpr, W_PAD: tl.constexpr):
     """Jump counts ``k`` and unmask decisions ``go`` of every (position, slice) of the tile, as
     ``[BLOCK_L, W_PAD]`` blocks (0 and false where the position is not masked in ``x0`` or the slice
     is not live: passed through or bad), and each position's first unmasking slice (``W_PAD`` if none)."""
     ws = tl.arange(0, W_PAD)
-    step, live, _ = _slices(rows_ptr, steps_ptr, ws, b, B, W, N, R)
+    step, live = _slices(steps_ptr, ws, b, B, W, N)
     masked = (x0 == mask_id) & in_l
     bits = jump_bits(k0, k1, step[None, :], offs[:, None])
     k = tl.where(masked[:, None] & live[None, :], mean_counts(bits, cdf_ptr, step[None, :], live[None, :], KC), 0)
@@ -315,14 +324,13 @@ def _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N,
 
 @triton.jit
 def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr, counts_ptr, residual_ptr,
-                 invalid_ptr, keys_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                 B, L, V, W, N, KC, R, mask_id, inv_t, n_vtiles,
+                 invalid_ptr, missing_ptr, keys_ptr, logits_offset, stride_m, stride_v, b, offs, in_l, x0, k0, k1,
+                 B, L, V, W, P, N, KC, M, mask_id, inv_t, n_vtiles,
                  RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
                  W_PAD: tl.constexpr, GROUPS: tl.constexpr, WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr):
-    """Decode the merged keys, redraw after invalid rows, write every slice of the tile (the scan is
-    recomputed here rather than kept in registers through the draws)."""
-    k, go, first = _mean_scan(rows_ptr, steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, R, mask_id,
-                              RULE, W_PAD)
+    """Decode the merged keys, redraw after invalid or missing rows, write every slice of the tile (the
+    scan is recomputed here rather than kept in registers through the draws)."""
+    k, go, first = _mean_scan(steps_ptr, cdf_ptr, b, offs, in_l, x0, k0, k1, B, W, N, KC, mask_id, RULE, W_PAD)
     ws = tl.arange(0, W_PAD)
     drew = first < W_PAD
     key = tl.where(drew, tl.atomic_max(keys_ptr + b.to(tl.int64) * L + offs, 0, mask=drew), 0)
@@ -332,21 +340,27 @@ def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr,
     retry = drew & ~ok
     at = first
     while tl.max(retry.to(tl.int32)) > 0:
+        # position l's read at slice w gave nothing: an invalid row (counted) or a missing one (flagged)
         l = tl.min(tl.where(retry, offs, BIG))
         w = tl.min(tl.where(offs == l, at, W_PAD))
-        tl.atomic_add(invalid_ptr + w * B + b, 1)
+        if _row_of(rows_ptr, w, b, l, B, L, M)[1]:
+            tl.atomic_add(invalid_ptr + w * B + b, 1)
+        else:
+            tl.store(missing_ptr + w * B + b, 1)
         nxt = tl.min(tl.where(go & (offs[:, None] == l) & (ws[None, :] > w), ws[None, :], W_PAD))
         done = nxt == W_PAD
         if nxt < W_PAD:
-            j = tl.load(steps_ptr + nxt * B + b)
-            row_off = logits_offset + tl.load(rows_ptr + nxt * B + b) * stride_r + l.to(tl.int64) * stride_l
-            noise = _noise(j, N, ARGMAX_FINAL, GREEDY)
-            top, tok, bad, _, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id, inv_t,
-                                              k0, k1, j, l, noise, False, SCALE, ALIGNED, GROUPS)
-            here = (offs == l) & ~bad
-            token = tl.where(here, tok.to(tl.int64), token)
-            final = tl.where(here, nxt, final)
-            done = ~bad
+            r, have = _row_of(rows_ptr, nxt, b, l, B, L, M)
+            if have:
+                j = tl.load(steps_ptr + nxt * B + b)
+                noise = _noise(j, N, ARGMAX_FINAL, GREEDY)
+                top, tok, bad, _, lse = _row_pass(logits_ptr, logits_offset + r * stride_m, stride_v, 0, n_vtiles,
+                                                  n_vtiles, V, mask_id, inv_t, k0, k1, j, l, noise, False, SCALE,
+                                                  ALIGNED, GROUPS)
+                here = (offs == l) & ~bad
+                token = tl.where(here, tok.to(tl.int64), token)
+                final = tl.where(here, nxt, final)
+                done = ~bad
         at = tl.where(offs == l, nxt, at)
         retry = retry & ~((offs == l) & done)
     after = ws[None, :] >= final[:, None]
@@ -357,24 +371,33 @@ def _mean_finish(logits_ptr, rows_ptr, steps_ptr, prev_ptr, cdf_ptr, states_ptr,
     tl.store(states_ptr + idx, states, mask=keep)
     if WITH_COUNTS:
         tl.store(counts_ptr + idx, counts, mask=keep)
-    prev = tl.load(prev_ptr + idx, mask=keep, other=0)
-    changed = tl.sum(((states != prev) & keep).to(tl.int32), axis=0)
+    has_prev = keep & (ws[None, :] < P)  # prev covers the first P slices only
+    prev = tl.load(prev_ptr + idx, mask=has_prev, other=0)
+    changed = tl.sum(((states != prev) & has_prev).to(tl.int32), axis=0)
     tl.atomic_add(residual_ptr + ws * B + b, changed, mask=changed > 0)
 
 
 @triton.jit
-def _score_scan(logits_ptr, rows_ptr, steps_ptr, prev_ptr, rate_ptr, states_ptr, counts_ptr, residual_ptr,
-                invalid_ptr, logits_offset, stride_r, stride_l, stride_v, b, offs, in_l, x0, k0, k1,
-                B, L, V, W, N, R, mask_id, inv_t, n_vtiles,
-                RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
-                GROUPS: tl.constexpr, WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr):
-    """Score parametrization: slice by slice, one pass per masked row (log-sum-exp + Gumbel-max);
-    ``lambda = min(rate[j] exp(lse), FLT_MAX)`` (an overflow saturates the count instead of making the
-    Poisson CDF NaN; NaN stays NaN, as ``torch.clamp``)."""
-    cur = x0
+def _score_kernel(
+    logits_ptr, rows_ptr, steps_ptr, x0_ptr, prev_ptr, seeds_ptr, rate_ptr,
+    states_ptr, counts_ptr, residual_ptr, invalid_ptr, missing_ptr,
+    logits_offset, stride_m, stride_v,
+    B, L, V, W, P, N, M, mask_id, inv_t, n_ltiles, n_vtiles,
+    RULE: tl.constexpr, ARGMAX_FINAL: tl.constexpr, SCALE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_L: tl.constexpr, GROUPS: tl.constexpr, WITH_COUNTS: tl.constexpr, GREEDY: tl.constexpr,
+):
+    """Score parametrization, one program: ``BLOCK_L`` positions of sample ``b``, slice by slice, one
+    pass per masked row (log-sum-exp + Gumbel-max); ``lambda = min(rate[j] exp(lse), FLT_MAX)`` (an
+    overflow saturates the count instead of making the Poisson CDF NaN; NaN stays NaN, as
+    ``torch.clamp``). A missing row is not read: count 0, the position stays masked."""
+    tile = tl.program_id(0)
+    b = tile // n_ltiles
+    offs = (tile % n_ltiles) * BLOCK_L + tl.arange(0, BLOCK_L)
+    in_l = offs < L
+    k0, k1 = seed_key(tl.load(seeds_ptr + b))
+    cur = tl.load(x0_ptr + b.to(tl.int64) * L + offs, mask=in_l, other=0)
     for w in range(W):
-        jc, live, _ = _slices(rows_ptr, steps_ptr, w, b, B, W, N, R)
-        r = tl.load(rows_ptr + w * B + b)
+        jc, live = _slices(steps_ptr, w, b, B, W, N)
         pending = (cur == mask_id) & in_l & live
         u_all = uniform_from_bits(jump_bits(k0, k1, jc, offs))
         count = tl.zeros(offs.shape, tl.int32)
@@ -385,28 +408,33 @@ def _score_scan(logits_ptr, rows_ptr, steps_ptr, prev_ptr, rate_ptr, states_ptr,
             l = tl.min(tl.where(pending, offs, BIG))
             here = offs == l
             pending = pending & ~here
-            row_off = logits_offset + r * stride_r + l.to(tl.int64) * stride_l
-            top, tok, bad, _, lse = _row_pass(logits_ptr, row_off, stride_v, 0, n_vtiles, n_vtiles, V, mask_id,
-                                              inv_t, k0, k1, jc, l, noise, True, SCALE, ALIGNED, GROUPS)
-            lam = rate * tl.exp(lse)
-            lam = tl.where(lam > FLT_MAX, FLT_MAX, lam)
-            u = tl.sum(tl.where(here, u_all, 0.0))
-            if RULE == TWEEDIE:
-                kl = (u > 1.0 - tl.where(lam > 1.0, 1.0, lam)).to(tl.int32)  # NaN stays NaN, as torch.clamp
+            r, have = _row_of(rows_ptr, w, b, l, B, L, M)
+            if have:
+                top, tok, bad, _, lse = _row_pass(logits_ptr, logits_offset + r * stride_m, stride_v, 0, n_vtiles,
+                                                  n_vtiles, V, mask_id, inv_t, k0, k1, jc, l, noise, True, SCALE,
+                                                  ALIGNED, GROUPS)
+                lam = rate * tl.exp(lse)
+                lam = tl.where(lam > FLT_MAX, FLT_MAX, lam)
+                u = tl.sum(tl.where(here, u_all, 0.0))
+                if RULE == TWEEDIE:
+                    kl = (u > 1.0 - tl.where(lam > 1.0, 1.0, lam)).to(tl.int32)  # NaN stays NaN, as torch.clamp
+                else:
+                    kl = score_counts(u, lam)
+                kl = tl.where(jc == N, 1, kl)
+                kl = tl.where(bad, 0, kl)
+                count = tl.where(here, kl, count)
+                cur = tl.where(here & unmasks(kl, RULE) & ~bad, tok.to(tl.int64), cur)
+                n_bad += bad.to(tl.int32)
             else:
-                kl = score_counts(u, lam)
-            kl = tl.where(jc == N, 1, kl)
-            kl = tl.where(bad, 0, kl)
-            count = tl.where(here, kl, count)
-            cur = tl.where(here & unmasks(kl, RULE) & ~bad, tok.to(tl.int64), cur)
-            n_bad += bad.to(tl.int32)
+                tl.store(missing_ptr + w * B + b, 1)
         idx = (w * B + b).to(tl.int64) * L + offs
         tl.store(states_ptr + idx, cur, mask=in_l)
         if WITH_COUNTS:
             tl.store(counts_ptr + idx, count, mask=in_l)
-        prev = tl.load(prev_ptr + idx, mask=in_l, other=0)
-        changed = tl.sum(((cur != prev) & in_l).to(tl.int32))
-        tl.atomic_add(residual_ptr + w * B + b, changed, mask=changed > 0)
+        if w < P:  # prev covers the first P slices only
+            prev = tl.load(prev_ptr + idx, mask=in_l, other=0)
+            changed = tl.sum(((cur != prev) & in_l).to(tl.int32))
+            tl.atomic_add(residual_ptr + w * B + b, changed, mask=changed > 0)
         tl.atomic_add(invalid_ptr + w * B + b, n_bad, mask=n_bad > 0)
 
 
@@ -430,79 +458,144 @@ class SweepConfig:
     v_split: int | None = None
 
 
-def default_config(device: torch.device) -> SweepConfig:
+def gpu_config(multiprocessors: int) -> SweepConfig:
     """GPU: one-warp programs over 256-token tiles (per-tile reductions stay within a warp, and small
     tiles let pruning skip more of the Gumbel transform), about two waves of them (32 per
-    multiprocessor: registers allow 16 resident); CPU interpreter: small tiles."""
+    multiprocessor: registers allow 16 resident)."""
+    return SweepConfig(block_v=256, num_warps=1, target_programs=32 * multiprocessors)
+
+
+def default_config(device: torch.device) -> SweepConfig:
+    """:func:`gpu_config` for the device's multiprocessors; CPU interpreter: small tiles."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return SweepConfig(block_v=256, num_warps=1, target_programs=32 * sms)
+        return gpu_config(torch.cuda.get_device_properties(device).multi_processor_count)
     return SweepConfig(block_v=64, num_warps=1, target_programs=4)
+
+
+MAX_W_PAD = 128  # the largest window the samplers launch: 2 * 64 slices (window plus extension guesses)
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+MAXNREG = 255  # ptxas otherwise caps some specializations at 128 registers and spills (tests/test_triton_compile.py)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel specialization: the kernel, its constexpr arguments and its compile options
+    (``num_warps``; ``maxnreg = MAXNREG`` and no FP contraction for every launch)."""
+
+    kernel: object
+    constexprs: dict
+    num_warps: int
+
+    def options(self) -> dict:
+        return dict(num_warps=self.num_warps, maxnreg=MAXNREG, enable_fp_fusion=False)
+
+    def key(self) -> tuple:
+        return (self.kernel.__name__, tuple(sorted(self.constexprs.items())), self.num_warps)
+
+
+def launch_params(cfg: SweepConfig, *, W: int, positions: int, score: bool, rule: int, greedy: bool, scale: bool,
+                  argmax_final: bool, with_counts: bool, aligned: bool) -> Launch:
+    """The kernel and specialization :func:`sweep` launches for these arguments (``positions = B * L``).
+
+    The single source of the host's choices: :func:`kernel_configurations` enumerates its outputs for the
+    compile checks (``tests/test_triton_compile.py``). ``GREEDY`` draws no noise at all, so it implies
+    ``SCALE = False`` and ``ARGMAX_FINAL = False`` (one specialization, not two)."""
+    num_warps, block_v = cfg.num_warps, cfg.block_v
+    common = dict(RULE=rule, ARGMAX_FINAL=bool(argmax_final) and not greedy, SCALE=bool(scale) and not greedy,
+                  ALIGNED=bool(aligned), WITH_COUNTS=bool(with_counts), GREEDY=bool(greedy))
+    if score:
+        if 2 * positions < cfg.target_programs:  # one program per position: widen them to fill the GPU
+            num_warps, block_v = 4 * num_warps, 4 * block_v
+        return Launch(_score_kernel, dict(common, BLOCK_L=cfg.block_l or 1, GROUPS=block_v // 4), num_warps)
+    w_pad = max(2, _pow2_at_least(W))  # W_PAD = 1 compiles to spilling code
+    block_l = cfg.block_l or max(1, min(16, 256 * cfg.num_warps // w_pad))  # scan block: 8 per thread
+    return Launch(_mean_kernel, dict(common, BLOCK_L=block_l, W_PAD=w_pad, GROUPS=block_v // 4), num_warps)
+
+
+def kernel_configurations(cfg: SweepConfig, max_w: int = MAX_W_PAD) -> list[Launch]:
+    """Every distinct :class:`Launch` that :func:`sweep` can make under ``cfg`` for windows of up to
+    ``max_w`` slices (any batch and length: both sides of the score kernels' widening), from
+    :func:`launch_params` itself. The logits dtype is not a constexpr: each is compiled apart."""
+    out = {}
+    for W in sorted({min(max_w, 1 << i) for i in range(max_w.bit_length() + 1)}):
+        for score in (False, True):
+            for positions in (1, cfg.target_programs):
+                for rule in range(3):
+                    for greedy, scale, argmax_final in itertools.product((False, True), repeat=3):
+                        for with_counts, aligned in itertools.product((False, True), repeat=2):
+                            launch = launch_params(cfg, W=W, positions=positions, score=score, rule=rule,
+                                                   greedy=greedy, scale=scale, argmax_final=argmax_final,
+                                                   with_counts=with_counts, aligned=aligned)
+                            out.setdefault(launch.key(), launch)
+    return list(out.values())
+
+
 def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
           with_counts, config: SweepConfig | None = None):
-    """The ``sweep`` op (contract: :mod:`pit_sampler.reference`) in one launch of :func:`_sweep_kernel`.
+    """The ``sweep`` op (contract: :mod:`pit_sampler.reference`) in one launch of :func:`_mean_kernel` or
+    :func:`_score_kernel`.
 
-    The index tensors are made contiguous (a no-op for the samplers' inputs); ``logits`` is read in
-    place through its strides, addressed from the start of its storage so that the alignment of
-    every row is known."""
+    The index tensors are made contiguous (a no-op for the samplers' inputs); ``logits [M, V]`` is read
+    in place through its strides, addressed from the start of its storage so that the alignment of
+    every row is known. Missing rows are flagged in a separate ``missing [W, B]`` buffer (plain stores of
+    1, from any program), never in ``invalid`` itself, which other programs of the sample are adding to
+    with atomics: after the kernel (stream order) the host writes ``invalid = -1`` where a flag is set
+    and for bad slices (``steps > N``), so no flag races with a count, and no sync is needed."""
     W, B = steps.shape
     L = x0.shape[1]
-    V = logits.shape[2]
+    M, V = logits.shape
+    P = prev.shape[0]
     N, KC = cdf.shape[0] - 1, cdf.shape[1]
     device = x0.device
     states = torch.empty((W, B, L), dtype=torch.int64, device=device)
     counts = torch.empty((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)
-    residual = torch.zeros((W, B), dtype=torch.int32, device=device)
+    residual = torch.zeros((P, B), dtype=torch.int32, device=device)
     invalid = torch.zeros((W, B), dtype=torch.int32, device=device)
+    bad = steps > N
     if W * B * L == 0:
-        return states, counts, residual, invalid
+        return states, counts, residual, invalid.masked_fill_(bad, -1)
     cfg = config or default_config(device)
     rows, steps, x0, prev, seeds, cdf, rate = (t.contiguous() for t in (rows, steps, x0, prev, seeds, cdf, rate))
     size = logits.element_size()
-    base = logits.as_strided((logits.untyped_storage().nbytes() // size,), (1,), 0)
+    storage = logits.untyped_storage().nbytes() // size
+    # M = 0: nothing is ever read (every read is a missing row), but the kernel still needs a pointer
+    base = logits.as_strided((storage,), (1,), 0) if storage else logits.new_empty(1)
     offset = logits.storage_offset()
-    stride_r, stride_l, stride_v = logits.stride()
-    aligned = (
-        stride_v == 1
-        and offset % 4 == 0
-        and (stride_r % 4 == 0 or logits.shape[0] <= 1)
-        and (stride_l % 4 == 0 or L <= 1)
-    )
+    stride_m, stride_v = logits.stride()
+    aligned = stride_v == 1 and offset % 4 == 0 and (stride_m % 4 == 0 or M <= 1)
     greedy = temperature == 0
     inv_t = 1.0 if greedy else float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-    num_warps, block_v = cfg.num_warps, cfg.block_v
-    if score and 2 * B * L < cfg.target_programs:  # one program per position: widen them to fill the GPU
-        num_warps, block_v = 4 * num_warps, 4 * block_v
-    groups = block_v // 4
+    launch = launch_params(cfg, W=W, positions=B * L, score=bool(score), rule=rule, greedy=greedy, scale=inv_t != 1.0,
+                           argmax_final=argmax_final, with_counts=with_counts, aligned=aligned)
+    c = launch.constexprs
+    block_v = 4 * c["GROUPS"]
     n_vtiles = triton.cdiv(V, block_v)
-    w_pad = max(2, _pow2_at_least(W))  # W_PAD = 1 compiles to spilling code
-    if score:
-        block_l, v_split = cfg.block_l or 1, 1
-    else:
-        block_l = cfg.block_l or max(1, min(16, 256 * cfg.num_warps // w_pad))  # scan block: 8 per thread
-    n_ltiles = triton.cdiv(L, block_l)
+    n_ltiles = triton.cdiv(L, c["BLOCK_L"])
     n_tiles = B * n_ltiles
-    if not score:
+    missing = torch.zeros((W, B), dtype=torch.int32, device=device)
+    options = dict(launch.options(), **c)
+    if score:
+        _score_kernel[(n_tiles,)](
+            base, rows, steps, x0, prev, seeds, rate, states, counts, residual, invalid, missing,
+            offset, stride_m, stride_v,
+            B, L, V, W, P, N, M, mask_id, inv_t, n_ltiles, n_vtiles, **options,
+        )
+    else:
         v_split = cfg.v_split or triton.cdiv(cfg.target_programs, n_tiles)
         v_split = max(1, min(v_split, n_vtiles))
-    chunk_tiles = max(1, triton.cdiv(n_vtiles, v_split))
-    v_split = max(1, triton.cdiv(n_vtiles, chunk_tiles))
-    scratch = torch.zeros(0 if score else B * L + n_tiles, dtype=torch.int64, device=device)
-    keys, done = scratch[: B * L], scratch[B * L :]
-    _sweep_kernel[(n_tiles * v_split,)](
-        base, rows, steps, x0, prev, seeds, cdf, rate, states, counts, residual, invalid, keys, done,
-        offset, stride_r, stride_l, stride_v,
-        B, L, V, W, N, KC, logits.shape[0], mask_id, inv_t,
-        n_ltiles, v_split, chunk_tiles, n_vtiles,
-        RULE=rule, SCORE=bool(score), ARGMAX_FINAL=bool(argmax_final), SCALE=inv_t != 1.0,
-        ALIGNED=aligned, BLOCK_L=block_l, W_PAD=w_pad, GROUPS=groups,
-        WITH_COUNTS=bool(with_counts), GREEDY=bool(greedy),
-        num_warps=num_warps, enable_fp_fusion=False,
-    )
-    return states, counts, residual, invalid
+        chunk_tiles = max(1, triton.cdiv(n_vtiles, v_split))
+        v_split = max(1, triton.cdiv(n_vtiles, chunk_tiles))
+        scratch = torch.zeros(B * L + n_tiles, dtype=torch.int64, device=device)
+        keys, done = scratch[: B * L], scratch[B * L :]
+        _mean_kernel[(n_tiles * v_split,)](
+            base, rows, steps, x0, prev, seeds, cdf, states, counts, residual, invalid, missing, keys, done,
+            offset, stride_m, stride_v,
+            B, L, V, W, P, N, KC, M, mask_id, inv_t,
+            n_ltiles, v_split, chunk_tiles, n_vtiles, **options,
+        )
+    return states, counts, residual, invalid.masked_fill_(bad | (missing != 0), -1)

@@ -20,7 +20,7 @@ try:
 except ImportError:  # no Triton: register nothing
     pass
 else:
-    INTERPRETED = isinstance(_sweep._sweep_kernel, InterpretedFunction)
+    INTERPRETED = isinstance(_sweep._mean_kernel, InterpretedFunction)
 
     def supports(device: torch.device) -> bool:
         """CUDA devices; CPU too under the interpreter."""
