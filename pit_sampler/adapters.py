@@ -240,8 +240,8 @@ class OutputProjection:
 
     The projection is ``model.get_output_embeddings()`` when that is an ``nn.Linear`` (the last
     per-position layer: BERT's ``cls.predictions.decoder``, RoBERTa's ``lm_head.decoder``,
-    DistilBERT's ``vocab_projector``, ModernBERT's ``decoder``, Llama's ``lm_head``, LLaDA's
-    ``ff_out``); :meth:`find` returns ``None`` for anything else. While armed (:meth:`arm`), a forward
+    DistilBERT's ``vocab_projector``, ModernBERT's ``decoder``, Llama's ``lm_head``); :meth:`find`
+    returns ``None`` for anything else. While armed (:meth:`arm`), a forward
     pre-hook takes the projection's input ``h [N, L, H]`` (whatever the architecture computed before
     it: BERT's dense/GELU/LayerNorm transform, DistilBERT's ``vocab_transform``/``activation``/
     ``vocab_layer_norm``, ModernBERT's ``head``, a final norm) and hands the module an empty batch;

@@ -1,8 +1,11 @@
 """A compact masked-diffusion transformer (MDLM / RADD style), its training loss, and weight I/O.
 
 The model reads a partly masked sequence ``x_t`` (``[N, L]`` token ids, ``mask_id`` where masked)
-and returns logits of ``p_theta(x_0^l | x_t)`` for every position ``l``: the denoiser protocol of
-docs/sampler-spec.md section 5, so a model is a denoiser as it stands (``sampler = PITSampler(model, ...)``).
+and returns logits of ``p_theta(x_0^l | x_t)`` for every position ``l``, or only at the positions
+asked for (``model(x, t, positions=index) -> [M, V]``, the positions protocol of
+:mod:`pit_sampler.positions`: the body runs on every position, the head on the selected ones): the
+denoiser protocol of docs/sampler-spec.md section 5, so a model is a denoiser as it stands
+(``sampler = PITSampler(model, ...)``). It traces under ``torch.compile(fullgraph=True)``.
 
 * **Time-agnostic** (RADD; ``time_conditioned=False``): the output ignores ``t``. For absorbing
   diffusion the clean-data conditional ``p(x_0 | x_t)`` does not depend on ``t`` given which
@@ -148,9 +151,9 @@ class MaskedDiffusionTransformer(nn.Module):
     ``vocab_size`` V counts the mask token; ``mask_id`` defaults to ``V - 1``. Learned token and
     position embeddings, ``n_layers`` :class:`Block`s (with 3x3 convolutions in the MLPs when
     ``grid = (H, W)``, ``H * W = length``, lays the positions out as an image), final layer norm and
-    a linear head. The
-    computation runs in the parameters' dtype (float32 to train, float64 to sample exactly: see the
-    module docstring); the logits always come back as float32.
+    a linear head: the head is per position, so with ``positions`` it runs on the selected hidden
+    states only (:meth:`forward`). The computation runs in the parameters' dtype (float32 to train,
+    float64 to sample exactly: see the module docstring); the logits always come back as float32.
     """
 
     def __init__(
