@@ -304,7 +304,7 @@ class OutputProjection:
         return rowwise(module.forward, rows[self.positions], self.block)
 
     def remove(self) -> None:
-        """Detach the hooks from the module."""
+        """Detach the hooks from the module, once the adapter is no longer used (its calls need them)."""
         for handle in self.handles:
             handle.remove()
 

@@ -85,6 +85,10 @@ def test_projection_runs_on_the_selected_rows_only():
     seen.clear()
     model(input_ids=x)  # outside an adapter call the hooks do nothing
     assert seen == [30]
+    adapter.projection.remove()  # detached: the module is plain again, the model computes in full
+    seen.clear()
+    adapter(x, t)
+    assert seen == [30]
 
 
 def test_positions_need_every_position_at_the_projection():
