@@ -124,6 +124,8 @@ def test_positions_errors():
         model(x, t, positions=torch.tensor([0, 24]))
     with pytest.raises(ValueError, match="outside"):
         model(x, t, positions=torch.tensor([-1]))
+    with pytest.raises(ValueError, match="positions is on meta, but x is on cpu"):
+        model(x, t, positions=torch.zeros(1, dtype=torch.int64, device="meta"))
 
 
 def test_conv_float64_path_equals_library_conv():
