@@ -14,7 +14,8 @@ the formula would give NaN or ``+inf`` there.
 
 It is an ordinary denoiser, so it works with every sampler (``TauLeapingSampler``, ``PITSampler``,
 ``MaskGITSampler``, sequential or Picard); it is batch-invariant whenever ``D`` is, which is what
-exact Picard needs. The prompt is given once for all rows (a ``BoolTensor[L]`` or a prefix length),
+exact Picard needs. It follows the positions protocol exactly when ``D`` does (``supports_positions``
+is read from ``D``). The prompt is given once for all rows (a ``BoolTensor[L]`` or a prefix length),
 since a sampler's rows do not say which sample they belong to.
 """
 
@@ -24,6 +25,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .positions import check_positions
 
 
 class ClassifierFreeGuidance:
@@ -55,12 +58,21 @@ class ClassifierFreeGuidance:
             return self.prompt.to(device)
         return torch.arange(length, device=device) < self.prompt
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Guided logits ``[N, L, V]``; with ``positions`` (the positions protocol, offered when the
+        wrapped denoiser offers it) ``[M, V]``: the conditional rows at ``positions`` and the
+        unconditional rows at ``positions + N * L`` come from one call on the stacked batch."""
         if self.cfg_scale == 0:
-            return self.denoiser(x, t)
+            return self.denoiser(x, t) if positions is None else self.denoiser(x, t, positions=positions)
         uncond_x = x.masked_fill(self._prompt_mask(x.shape[1], x.device), self.mask_id)
-        both = self.denoiser(torch.cat([x, uncond_x]), torch.cat([t, t]))
-        cond, uncond = both.chunk(2)
+        both_x, both_t = torch.cat([x, uncond_x]), torch.cat([t, t])
+        if positions is None:
+            both, n = self.denoiser(both_x, both_t), x.shape[0]
+        else:
+            check_positions(positions, x)  # the stacked call would accept indices into the second half
+            both = self.denoiser(both_x, both_t, positions=torch.cat([positions, positions + x.numel()]))
+            n = positions.shape[0]
+        cond, uncond = both[:n], both[n:]
         guided = uncond + (1.0 + self.cfg_scale) * (cond - uncond)
         banned = torch.isneginf(cond) | torch.isneginf(uncond)
         return guided.masked_fill(banned, float("-inf"))

@@ -1,8 +1,11 @@
 """A compact masked-diffusion transformer (MDLM / RADD style), its training loss, and weight I/O.
 
 The model reads a partly masked sequence ``x_t`` (``[N, L]`` token ids, ``mask_id`` where masked)
-and returns logits of ``p_theta(x_0^l | x_t)`` for every position ``l``: the denoiser protocol of
-docs/sampler-spec.md section 5, so a model is a denoiser as it stands (``sampler = PITSampler(model, ...)``).
+and returns logits of ``p_theta(x_0^l | x_t)`` for every position ``l``, or only at the positions
+asked for (``model(x, t, positions=index) -> [M, V]``, the positions protocol of
+:mod:`pit_sampler.positions`: the body runs on every position, the head on the selected ones): the
+denoiser protocol of docs/sampler-spec.md section 5, so a model is a denoiser as it stands
+(``sampler = PITSampler(model, ...)``). It traces under ``torch.compile(fullgraph=True)``.
 
 * **Time-agnostic** (RADD; ``time_conditioned=False``): the output ignores ``t``. For absorbing
   diffusion the clean-data conditional ``p(x_0 | x_t)`` does not depend on ``t`` given which
@@ -48,6 +51,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .positions import HEAD_BLOCK, check_positions, rowwise, take
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _FORMAT = "pit-sampler/masked-diffusion-transformer/1"
@@ -146,9 +151,9 @@ class MaskedDiffusionTransformer(nn.Module):
     ``vocab_size`` V counts the mask token; ``mask_id`` defaults to ``V - 1``. Learned token and
     position embeddings, ``n_layers`` :class:`Block`s (with 3x3 convolutions in the MLPs when
     ``grid = (H, W)``, ``H * W = length``, lays the positions out as an image), final layer norm and
-    a linear head. The
-    computation runs in the parameters' dtype (float32 to train, float64 to sample exactly: see the
-    module docstring); the logits always come back as float32.
+    a linear head: the head is per position, so with ``positions`` it runs on the selected hidden
+    states only (:meth:`forward`). The computation runs in the parameters' dtype (float32 to train,
+    float64 to sample exactly: see the module docstring); the logits always come back as float32.
     """
 
     def __init__(
@@ -214,33 +219,57 @@ class MaskedDiffusionTransformer(nn.Module):
 
     #: rows per chunk in eval mode (see :meth:`forward`)
     eval_chunk = 16
+    #: positions per call of the output head (:func:`~pit_sampler.positions.rowwise`)
+    head_block = HEAD_BLOCK
+    #: takes ``positions=`` (the positions protocol, :mod:`pit_sampler.positions`)
+    supports_positions = True
 
-    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """Logits of ``p(x_0 | x_t)``: float32 ``[N, L, V]``, mask column ``-inf``, clean positions carried over.
 
-        In eval mode the batch is evaluated ``eval_chunk`` rows at a time: rows never interact, so the
+        With ``positions`` (LongTensor ``[M]`` of flat indices into ``x.view(-1)``): float32 ``[M, V]``,
+        row ``i`` = ``forward(x, t)[positions[i] // L, positions[i] % L]`` bit for bit. The body runs
+        on every position (attention mixes them); the head (final layer norm, linear layer, mask
+        column and carry-over) only on the ``M`` selected hidden states. Both forms evaluate the
+        head on ``head_block`` positions per call (:func:`~pit_sampler.positions.rowwise`), so a
+        position's logits do not depend on how many are computed with it, in any dtype.
+
+        In eval mode the body is evaluated ``eval_chunk`` rows at a time: rows never interact, so the
         output is the same, while the working set stays in cache (on CPU a 1024-row PIT window batch
         runs about 4x faster than in one piece).
+
+        Input checks raise ``TypeError``/``ValueError`` naming the argument; the checks of values
+        (token ids in range, ``positions`` in range) run in eager mode only, so that the model traces
+        under ``torch.compile(fullgraph=True)`` without graph breaks.
         """
         if not (isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool):
             raise TypeError(f"x must be an integer tensor [N, L], got {getattr(x, 'dtype', type(x).__name__)} "
                             f"of shape {tuple(getattr(x, 'shape', ()))}")
         if not (x.shape[1] == self.length):
             raise ValueError(f"x has {x.shape[1]} positions, the model was built for length={self.length}")
-        if x.numel() and not (0 <= int(x.min()) and int(x.max()) < self.vocab_size):
-            raise ValueError(f"x holds token ids outside [0, vocab_size={self.vocab_size})")
+        if x.numel() and not torch.compiler.is_compiling():
+            low, high = torch.stack([x.min(), x.max()]).tolist()  # one host read
+            if not (0 <= low and high < self.vocab_size):
+                raise ValueError(f"x holds token ids outside [0, vocab_size={self.vocab_size})")
         if self.time_mlp is None:
             t = None
         elif not (isinstance(t, Tensor) and t.shape == (x.shape[0],)):
             raise ValueError(f"the time-conditioned model needs t of shape [{x.shape[0]}], got "
                              f"{None if t is None else tuple(getattr(t, 'shape', ()))}")
+        if positions is not None:
+            check_positions(positions, x)
         x = x.long()
         if self.training or x.shape[0] <= self.eval_chunk:
-            return self._logits(x, t)
-        ts = [None] * len(x.split(self.eval_chunk)) if t is None else t.split(self.eval_chunk)
-        return torch.cat([self._logits(xc, tc) for xc, tc in zip(x.split(self.eval_chunk), ts)])
+            chunks = [(x, t)]
+        else:
+            chunks = list(zip(x.split(self.eval_chunk), [None] * x.shape[0] if t is None else t.split(self.eval_chunk)))
+        if positions is None:
+            return _cat([self._head(self._body(xc, tc), xc) for xc, tc in chunks])
+        h = _cat([self._body(xc, tc) for xc, tc in chunks])
+        return self._head(take(h, positions), take(x, positions))
 
-    def _logits(self, x: Tensor, t: Tensor | None) -> Tensor:
+    def _body(self, x: Tensor, t: Tensor | None) -> Tensor:
+        """Hidden states ``[N, L, d_model]`` after the last block (parameter dtype)."""
         h = self.tok(x) + self.pos
         c = None
         if t is not None:
@@ -248,11 +277,23 @@ class MaskedDiffusionTransformer(nn.Module):
             c = F.silu(self.time_mlp(emb))
         for block in self.blocks:
             h = block(h, c)
-        logits = self.head(self.ln_f(h))
+        return h
+
+    def _head(self, h: Tensor, x: Tensor) -> Tensor:
+        """float32 logits ``[..., V]`` of hidden states ``h [..., d_model]`` at positions holding ``x [...]``:
+        ``head(ln_f(h))`` (on ``head_block`` positions per call), mask column ``-inf``, and a clean
+        position's row replaced by its carry-over row (``0`` on ``x``, ``-inf`` elsewhere)."""
+        rows = rowwise(lambda r: self.head(self.ln_f(r)), h.reshape(-1, h.shape[-1]), self.head_block)
+        logits = rows.view(*x.shape, self.vocab_size)
         logits[..., self.mask_id] = -math.inf
         clean = x != self.mask_id
         carry = torch.full_like(logits, -math.inf).scatter_(-1, x.unsqueeze(-1), 0.0)
         return torch.where(clean.unsqueeze(-1), carry, logits).float()
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, without the copy when there is one part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def masked_diffusion_loss(

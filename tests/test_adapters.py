@@ -1,4 +1,6 @@
-"""Adapters: each model shape drives both samplers; misconfigurations fail with clear errors."""
+"""Adapters: each model shape drives both samplers; misconfigurations fail with clear errors; the
+positions protocol through every adapter (and classifier-free guidance); compile without graph breaks.
+Real Hugging Face classes: tests/test_hf.py."""
 
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -6,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pit_sampler import LogLinear, PITSampler, TauLeapingSampler
+from positions_checks import assert_compiles, assert_positions_match
+
+from pit_sampler import ClassifierFreeGuidance, LogLinear, PITSampler, TauLeapingSampler
 from pit_sampler.adapters import CallableDenoiser, HFMaskedLM, SEDDScoreModel, check_batch_invariance
 from pit_sampler.testing import make_oracle
 
@@ -195,3 +199,161 @@ def test_check_batch_invariance():
         return ORACLE(x) + 1e-3 * x.shape[0]
 
     assert not check_batch_invariance(batch_dependent, x, t)
+
+
+# -- the positions protocol ------------------------------------------------------------------------
+
+
+class PackedOracle:
+    """The oracle behind the positions protocol: ``fn(x, *time, positions=index)`` returns the rows
+    ``[M, V]``; ``asked`` records each call's ``M`` (``None``: a full call)."""
+
+    supports_positions = True
+
+    def __init__(self, with_time=True):
+        self.with_time, self.asked = with_time, []
+
+    def __call__(self, x, *time, positions=None):
+        assert len(time) == int(self.with_time)
+        self.asked.append(None if positions is None else positions.shape[0])
+        full = ORACLE(x)
+        return full if positions is None else full.flatten(0, 1)[positions]
+
+
+def masked_states(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.where(torch.rand(n, L, generator=g) < 0.5, MASK, torch.randint(0, MASK, (n, L), generator=g))
+    return x, torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize("time_input", ["t", "none"])
+def test_callable_positions_opt_in(time_input):
+    fn = PackedOracle(with_time=time_input != "none")
+    adapter = CallableDenoiser(fn, mask_id=MASK, vocab_size=V, time_input=time_input, positions=True)
+    assert adapter.supports_positions and adapter.model_positions
+    x, t = masked_states()
+    assert_positions_match(adapter, x, t)
+    assert [m for m in fn.asked if m is not None] == [0, 1, 1, 5, 7, x.numel()]  # the model computed only those rows
+    assert CallableDenoiser(fn, mask_id=MASK, time_input=time_input).model_positions  # read off fn.supports_positions
+
+
+def test_callable_without_positions_gathers():
+    """A plain callable is never passed positions: the adapter gathers the rows from its full output."""
+    fn = PackedOracle()
+    for adapter in (CallableDenoiser(ORACLE, mask_id=MASK), CallableDenoiser(fn, mask_id=MASK, positions=False)):
+        assert adapter.supports_positions and not adapter.model_positions
+        assert_positions_match(adapter, *masked_states())
+    assert fn.asked and set(fn.asked) == {None}
+    with pytest.raises(TypeError, match="positions must be True, False or None"):
+        CallableDenoiser(fn, mask_id=MASK, positions="yes")
+
+
+def test_positions_suppress_ids_and_float64():
+    fn = PackedOracle()
+    adapter = CallableDenoiser(lambda x, t, positions=None: fn(x, t, positions=positions).double(), mask_id=MASK,
+                               positions=True, suppress_ids=[0, 2])
+    x, t = masked_states()
+    full = assert_positions_match(adapter, x, t)
+    assert full.dtype == torch.float32 and torch.isneginf(full[..., [0, 2]]).all()
+    packed = adapter(x, t, positions=torch.tensor([1, 1, 9]))
+    assert packed.dtype == torch.float32 and torch.isneginf(packed[:, [0, 2]]).all()
+
+
+def test_hf_fake_model_positions():
+    """A model without an nn.Linear output embedding: the rows come from its full logits."""
+    adapter = HFMaskedLM(FakeHFModel(), mask_id=MASK, suppress_ids=[1])
+    assert adapter.projection is None and not adapter.model_positions
+    assert_positions_match(adapter, *masked_states())
+
+
+def packed_log_scores(x, sigma_bar, positions=None):
+    out = oracle_log_scores(x, sigma_bar)
+    return out if positions is None else out.flatten(0, 1)[positions]
+
+
+@pytest.mark.parametrize("time_input", ["total_noise", "noise_rate"])
+def test_sedd_positions(time_input):
+    adapter = SEDDScoreModel(packed_log_scores, mask_id=MASK, vocab_size=V, time_input=time_input, positions=True)
+    assert adapter.model_positions
+    assert_positions_match(adapter, *masked_states())
+
+
+def bad_packed(kind):
+    def fn(x, t, positions=None):
+        M = x.numel() if positions is None else positions.shape[0]
+        return {
+            "full": torch.zeros(x.shape[0], x.shape[1], V),  # ignores positions
+            "vocab": torch.zeros(M, V + 3),
+            "rows": torch.zeros(M + 1, V),
+            "int": torch.zeros(M, V, dtype=torch.int64),
+            "list": [0.0] * M,
+        }[kind] if positions is not None else torch.zeros(x.shape[0], x.shape[1], V)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "kind, error, match",
+    [
+        ("full", ValueError, rf"returned shape \(2, {L}, {V}\), expected \[M, V\] = \[1, V\]"),
+        ("vocab", ValueError, f"vocab mismatch: the model returned V={V + 3}"),
+        ("rows", ValueError, rf"returned shape \(2, {V}\), expected \[M, V\] = \[1, V\]"),
+        ("int", TypeError, "floating-point logits"),
+        ("list", TypeError, r"returned list, expected a tensor of logits \[M, V\]"),
+    ],
+)
+def test_wrong_packed_outputs_raise(kind, error, match):
+    adapter = CallableDenoiser(bad_packed(kind), mask_id=MASK, vocab_size=V, positions=True)
+    with pytest.raises(error, match=match):
+        adapter.probe(L)  # probes the positions form too
+
+
+def test_bad_positions_raise():
+    adapter = CallableDenoiser(PackedOracle(), mask_id=MASK, positions=True)
+    x, t = masked_states(2)
+    with pytest.raises(TypeError, match="positions must be a LongTensor"):
+        adapter(x, t, positions=torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        adapter(x, t, positions=torch.tensor([[0]]))
+    with pytest.raises(ValueError, match=rf"outside \[0, R \* L = {2 * L}\)"):
+        adapter(x, t, positions=torch.tensor([2 * L]))
+
+
+def test_guidance_positions():
+    """Classifier-free guidance offers positions when its denoiser does; the stacked call asks for the
+    conditional rows and the unconditional rows at index + N * L."""
+    x, t = masked_states()
+    inner = CallableDenoiser(PackedOracle(), mask_id=MASK, positions=True)
+    for scale in (0.0, 1.5):
+        cfg = ClassifierFreeGuidance(inner, mask_id=MASK, cfg_scale=scale, prompt=3)
+        assert cfg.supports_positions
+        assert_positions_match(cfg, x, t)
+    assert not getattr(ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=1.0, prompt=3), "supports_positions", False)
+    with pytest.raises(ValueError, match="outside"):  # an index into the unconditional half is still out of range
+        cfg(x, t, positions=torch.tensor([x.numel()]))
+
+
+def smooth(x, time=None, positions=None):
+    """A compile-clean stand-in network: logits from one-hot tokens and the time input."""
+    logits = torch.nn.functional.one_hot(x, V).to(torch.float32) * 2.0 - 1.0
+    if time is not None:
+        logits = logits * time[:, None, None]
+    return logits if positions is None else logits.flatten(0, 1)[positions]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CallableDenoiser(smooth, mask_id=MASK, vocab_size=V, positions=True, suppress_ids=[0]),
+        lambda: CallableDenoiser(smooth, mask_id=MASK, vocab_size=V, time_input="none"),  # gathered
+        lambda: CallableDenoiser(smooth, mask_id=MASK, time_input="noise_rate", positions=True),
+        lambda: SEDDScoreModel(smooth, mask_id=MASK, vocab_size=V),  # total noise (used to break the graph)
+        lambda: SEDDScoreModel(smooth, mask_id=MASK, vocab_size=V, positions=True),
+    ],
+    ids=["callable", "callable-gathered", "noise-rate", "sedd", "sedd-positions"],
+)
+def test_adapters_compile_without_graph_breaks(make):
+    adapter = make()
+    x, t = masked_states()
+    assert_compiles(adapter, x, t)
+    assert_compiles(adapter, x, t, positions=torch.tensor([0, 7, 7, x.numel() - 1]))

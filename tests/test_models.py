@@ -1,9 +1,12 @@
-"""The masked-diffusion transformer: output contract, batch invariance, loss, weight I/O, shipped weights."""
+"""The masked-diffusion transformer: output contract, batch invariance, the positions protocol,
+torch.compile, loss, weight I/O, shipped weights."""
 
 import math
 
 import pytest
 import torch
+
+from positions_checks import assert_compiles, assert_positions_match
 
 from pit_sampler import PITSampler, TauLeapingSampler
 from pit_sampler.adapters import check_batch_invariance
@@ -23,10 +26,10 @@ V, L, MASK = 7, 12, 6
 GRID = (4, 3)
 
 
-def tiny(time_conditioned=False, dtype=torch.float64, seed=0):
+def tiny(time_conditioned=False, dtype=torch.float64, seed=0, length=L, grid=GRID):
     torch.manual_seed(seed)
     model = MaskedDiffusionTransformer(
-        V, L, d_model=16, n_heads=2, n_layers=2, d_ff=24, time_conditioned=time_conditioned, grid=GRID
+        V, length, d_model=16, n_heads=2, n_layers=2, d_ff=24, time_conditioned=time_conditioned, grid=grid
     )
     if time_conditioned:  # adaLN starts at zero; make t matter
         for block in model.blocks:
@@ -34,10 +37,10 @@ def tiny(time_conditioned=False, dtype=torch.float64, seed=0):
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def random_states(n, seed=1):
+def random_states(n, seed=1, length=L):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, V - 1, (n, L), generator=g)
-    masked = torch.rand(n, L, generator=g) < torch.rand(n, 1, generator=g)
+    x = torch.randint(0, V - 1, (n, length), generator=g)
+    masked = torch.rand(n, length, generator=g) < torch.rand(n, 1, generator=g)
     return torch.where(masked, MASK, x), torch.rand(n, generator=g)
 
 
@@ -67,6 +70,62 @@ def test_float64_model_is_batch_invariant(time_conditioned):
     full = model(x, t)
     for n in (3, 17):
         assert torch.equal(model(x[-n:], t[-n:]), full[-n:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("time_conditioned", [False, True])
+def test_positions_are_the_full_rows(time_conditioned, dtype):
+    """positions=index gives the full output's rows [index // L, index % L] bit for bit: M = 0 and 1,
+    repeats, every position; one row, and more rows than one eval chunk (V = 7: not a power of two)."""
+    model = tiny(time_conditioned, dtype)
+    for n, seed in ((1, 2), (model.eval_chunk + 5, 3)):
+        x, t = random_states(n, seed)
+        assert_positions_match(model, x, t, seed)
+
+
+def test_positions_with_one_position_per_row():
+    model = tiny(True, length=1, grid=None)
+    x, t = random_states(3, length=1)
+    assert_positions_match(model, x, t)
+
+
+def test_positions_head_runs_on_the_selected_rows_only():
+    """The head sees head_block rows per call and only enough blocks for M rows, not N * L."""
+    model = tiny(True)
+    model.head_block = 4
+    seen = []
+    model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x, t = random_states(5)
+    model(x, t, positions=torch.tensor([3, 59, 3, 17, 40]))
+    assert seen == [4, 4]
+    seen.clear()
+    model(x, t)
+    assert seen == [4] * (5 * L // 4)
+
+
+def test_model_compiles_without_graph_breaks():
+    """The time-conditioned path, eval-chunked (the time-agnostic one: the shipped "digits" model)."""
+    model = tiny(True)
+    x, t = random_states(model.eval_chunk + 2)  # the eval-chunked path
+    assert_compiles(model, x, t)
+    assert_compiles(model, x, t, positions=torch.tensor([0, 5, 5, x.numel() - 1]))
+
+
+def test_positions_errors():
+    model = tiny(True)
+    x, t = random_states(2)
+    with pytest.raises(TypeError, match="positions must be a LongTensor"):
+        model(x, t, positions=torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(TypeError, match="positions must be a LongTensor"):
+        model(x, t, positions=[0, 1])
+    with pytest.raises(ValueError, match="positions must be a 1-D"):
+        model(x, t, positions=torch.zeros(2, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"positions holds flat indices 0\.\.24, outside \[0, R \* L = 24\)"):
+        model(x, t, positions=torch.tensor([0, 24]))
+    with pytest.raises(ValueError, match="outside"):
+        model(x, t, positions=torch.tensor([-1]))
+    with pytest.raises(ValueError, match="positions is on meta, but x is on cpu"):
+        model(x, t, positions=torch.zeros(1, dtype=torch.int64, device="meta"))
 
 
 def test_conv_float64_path_equals_library_conv():
@@ -157,6 +216,21 @@ def test_training_loop_smoke(tmp_path):
     assert load_model(out).config["vocab_size"] == 18
     again, _ = train(steps=2, batch_size=8, arch=arch, log_every=0, time_conditioned=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))  # fixed seed
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_weights_positions_and_compile(name):
+    """The shipped models (float64) follow the positions protocol and trace whole under torch.compile
+    (the input checks used to read x.min() there: a graph break)."""
+    if not (WEIGHTS_DIR / PRETRAINED[name]).is_file():
+        pytest.skip(f"{PRETRAINED[name]} not shipped")
+    model = load_pretrained(name)
+    g = torch.Generator().manual_seed(4)
+    x = torch.where(torch.rand(3, 64, generator=g) < 0.6, 17, torch.randint(0, 17, (3, 64), generator=g))
+    t = torch.rand(3, generator=g)
+    assert_positions_match(model, x, t)
+    assert_compiles(model, x, t)
+    assert_compiles(model, x, t, positions=torch.tensor([0, 100, 100, 191]))
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
