@@ -106,10 +106,11 @@ def _tolist_counter():
     return calls, original, counted
 
 
-def measure(B: int, positions: bool, full_rounds: int) -> dict:
-    model = HeadModel(positions)
-    x = torch.full((B, L), model.mask_id)
-    kw = dict(mask_id=model.mask_id, num_steps=N, window=W, vocab_size=V)
+def measure(B: int, positions: bool, full_rounds: int, device="cpu", label: str | None = None, **options) -> dict:
+    """One row of the table: ``options`` go to the sampler (``window``, ``cuda_graph``, ...)."""
+    model = HeadModel(positions).to(device)
+    x = torch.full((B, L), model.mask_id, device=device)
+    kw = dict(mask_id=model.mask_id, num_steps=N, vocab_size=V, **{"window": W, **options})
     calls, original, counted = _tolist_counter()
     torch.Tensor.tolist = counted
     counter = _Counter()
@@ -118,6 +119,8 @@ def measure(B: int, positions: bool, full_rounds: int) -> dict:
             start = time.perf_counter()
             with counter:
                 result = PITSampler(model, **kw).sample(x, seed=0)
+            if x.is_cuda:
+                torch.cuda.synchronize()
             seconds, rounds, rows = time.perf_counter() - start, result.rounds, result.logits_rows
             extra = dict(windows_used=sorted(set(result.windows)), nfe=result.nfe, polls=result.polls)
         else:
@@ -127,11 +130,13 @@ def measure(B: int, positions: bool, full_rounds: int) -> dict:
                     PITSampler(wrapped, **kw).sample(x, seed=0)
                 except _Stop:
                     pass
+            if x.is_cuda:
+                torch.cuda.synchronize()
             seconds, rounds, rows = time.perf_counter() - wrapped.started, wrapped.calls, W * B * L
             extra = dict(note=f"first {full_rounds} rounds only (a whole sample would take hours here)")
     finally:
         torch.Tensor.tolist = original
-    return dict(B=B, path="positions" if positions else "full", rounds=rounds,
+    return dict(B=B, path=label or ("positions" if positions else "full"), rounds=rounds,
                 logits_rows_per_round=rows, logits_bytes_per_round=rows * V * 4,
                 logits_fraction_of_full=rows / (W * B * L), aten_ops_per_round=counter.ops / rounds,
                 host_reads_per_round=(counter.reads + calls[0]) / rounds, seconds_per_round=seconds / rounds, **extra)
@@ -143,15 +148,23 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--full-rounds", type=int, default=2)
     parser.add_argument("--full-max-gib", type=float, default=6.0, help="largest full-path logits tensor to run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", action="store_true",
+                        help="also window='auto' and, on CUDA, cuda_graph=True (positions path)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     rows = []
     for B in args.batches:
-        pos = measure(B, True, args.full_rounds)
+        pos = measure(B, True, args.full_rounds, device)
         rows.append(pos)
+        if args.variants:
+            rows.append(measure(B, True, args.full_rounds, device, "positions, window=auto", window="auto"))
+            if device.type == "cuda":
+                rows.append(measure(B, True, args.full_rounds, device, "positions, cuda_graph", cuda_graph=True))
         full_gib = W * B * L * V * 4 / 2**30
         if full_gib <= args.full_max_gib:
-            full = measure(B, False, args.full_rounds)
+            full = measure(B, False, args.full_rounds, device)
         else:
             full = dict(B=B, path="full", logits_rows_per_round=W * B * L, logits_bytes_per_round=W * B * L * V * 4,
                         logits_fraction_of_full=1.0, note=f"not run: {full_gib:.1f} GiB of logits per call")
@@ -159,7 +172,7 @@ def main(argv=None) -> None:
         if "seconds_per_round" in full:
             pos["speedup_per_round_vs_full"] = full["seconds_per_round"] / pos["seconds_per_round"]
         print(json.dumps(pos), json.dumps(full), sep="\n", flush=True)
-    out = dict(environment=environment(torch.device("cpu")), date=datetime.date.today().isoformat(), shapes=dict(L=L, V=V, W=W, N=N, H=H),
+    out = dict(environment=environment(device), date=datetime.date.today().isoformat(), shapes=dict(L=L, V=V, W=W, N=N, H=H),
                results=rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(out, indent=1))
@@ -171,12 +184,13 @@ def _table(out: dict) -> str:
     env = out["environment"]
     lines = [f"GPU-scale rounds, {env.get('device_name', 'cpu')}, {out['date']}: L={L}, V={V}, W={W}, N={N}, "
              f"head Linear({H}, {V}) real, body an embedding lookup.", "",
-             "| B | path | logits rows / round | logits MiB / round | % of full | aten ops / round | host reads / round | s / round |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Positions rows run whole samples; the full path its first rounds only.", "",
+             "| B | path | rounds | logits rows / round | logits MiB / round | % of full | aten ops / round | host reads / round | s / round |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:
         def f(key, fmt):
             return format(r[key], fmt) if key in r else "—"
-        lines.append(f"| {r['B']} | {r['path']} | {r['logits_rows_per_round']:.0f} | "
+        lines.append(f"| {r['B']} | {r['path']} | {f('rounds', 'd')} | {r['logits_rows_per_round']:.0f} | "
                      f"{r['logits_bytes_per_round'] / 2**20:.1f} | {100 * r['logits_fraction_of_full']:.2f} | "
                      f"{f('aten_ops_per_round', '.0f')} | {f('host_reads_per_round', '.2f')} | {f('seconds_per_round', '.3f')} |")
     notes = sorted({r["note"] for r in out["results"] if "note" in r})

@@ -13,8 +13,10 @@ section is recorded in ``results.json`` and the next section runs):
    the suite does not depend on the device and runs in CI.
 4. ``kernels``: ``bench.kernels_gpu.run(out_dir, budget_s, device)`` (the kernels' own check and timing).
 5. ``micro``: the op microbenchmarks, ``pytest bench/test_bench_ops.py --benchmark-only --bench-preset gpu``.
-6. ``e2e``: :mod:`bench.e2e` with the ``gpu`` preset, given what is left of the budget.
-7. plots (:mod:`bench.plot`) and the report: ``results.json`` and ``results.md`` in
+6. ``gpu_scale``: :mod:`bench.gpu_scale` (positions protocol against full logits at L = 1024,
+   V = 50257; ``window="auto"``; ``cuda_graph=True``).
+7. ``e2e``: :mod:`bench.e2e` with the ``gpu`` preset, given what is left of the budget.
+8. plots (:mod:`bench.plot`) and the report: ``results.json`` and ``results.md`` in
    ``bench/results/<date>-<device>/``, with the targets of issue 5 checked (met, or missed by how much).
 
 If ``$OUT`` is set (the device machine), ``results.tar.gz`` (the whole results folder) and
@@ -44,14 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
     "gpu": dict(
         e2e="gpu",
-        caps=dict(env=60, tests=120, kernels=75, micro=75),
-        tests=["tests", "-m", "not slow or gpu", "-k", "test_ops or test_native or test_triton_kernels or gpu"],
+        caps=dict(env=45, tests=90, kernels=45, micro=45, gpu_scale=60),
+        tests=["tests", "-m", "not slow or gpu", "-k",
+               "test_ops or test_native or test_triton_kernels or test_rounds or test_compile or gpu"],
         micro=["--bench-preset", "gpu"],
+        gpu_scale=["--batches", "1", "4", "16"],
     ),
     "tiny": dict(
         e2e="tiny",
-        caps=dict(env=60, tests=60, kernels=30, micro=60),
+        caps=dict(env=60, tests=60, kernels=30, micro=60, gpu_scale=60),
         tests=["tests", "-m", "not slow", "--collect-only"],
+        gpu_scale=["--batches", "1", "--full-max-gib", "0"],
         micro=["--bench-preset", "small", "-k", "steady and W1 and B1 and float32"],
     ),
 }
@@ -279,7 +284,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run every GPU check and benchmark under one time budget.")
     p.add_argument("--device", default="cuda")
     p.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
-    p.add_argument("--budget", type=float, default=540.0, help="seconds for everything, from --start")
+    p.add_argument("--budget", type=float, default=330.0, help="seconds for everything, from --start")
     p.add_argument("--start", type=float, default=None, help="epoch seconds the budget counts from (default: now)")
     p.add_argument("--install-log", default=None, help="the log of the install step, copied into the results")
     p.add_argument("--install-rc", default=None, help="the install step's exit code")
@@ -349,7 +354,14 @@ def main(argv=None) -> int:
     sections["micro"] = sec
     print(f"[run_gpu] micro: {sec['status']} {sec['summary']}", flush=True)
 
-    # 6. end to end, with the rest of the budget (the e2e script stops starting runs at its own budget)
+    # 6. GPU-scale rounds: the positions protocol against full logits, window="auto", CUDA graphs
+    cap = left(preset["caps"]["gpu_scale"])
+    sec = _run([py, "-m", "bench.gpu_scale", "--device", a.device, "--out", str(out / "gpu-scale"), "--variants",
+                *preset["gpu_scale"]], out / "gpu_scale.log", cap)
+    sections["gpu_scale"] = sec
+    print(f"[run_gpu] gpu_scale: {sec['status']}", flush=True)
+
+    # 7. end to end, with the rest of the budget (the e2e script stops starting runs at its own budget)
     budget = deadline - REPORT_RESERVE_S - time.time()
     sec = _run([py, "-m", "bench.e2e", "--preset", preset["e2e"], "--device", a.device, "--out", str(out / "e2e"),
                 "--budget", str(max(0.0, budget - 45)), "--no-plots"], out / "e2e.log", budget)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One command for everything that needs a GPU (tests, kernel checks, microbenchmarks, end to end,
-# plots, report) inside a 9-minute budget; see bench/README.md and bench/run_gpu.py.
+# plots, report) inside a 5.5-minute budget; see bench/README.md and bench/run_gpu.py.
 #
 #   PIT_GIT_COMMIT=<sha> bash bench/run_gpu.sh                         # on the GPU machine, repo root
 #   PIT_SKIP_INSTALL=1 bash bench/run_gpu.sh --device cpu --preset tiny --out-dir /tmp/dry   # CPU dry run
 #
 # Installs the package (pip install --no-deps --no-build-isolation -e ., which builds the native
 # extension for TORCH_CUDA_ARCH_LIST, default 9.0 = H100/H200), then hands over to bench/run_gpu.py.
-# Extra arguments go to run_gpu.py (--budget SECONDS, default 540; --device; --preset; --out-dir).
+# Extra arguments go to run_gpu.py (--budget SECONDS, default 330; --device; --preset; --out-dir).
 set -u
 start=$(date +%s)
 cd "$(dirname "$0")/.." || exit 1

@@ -431,7 +431,10 @@ class _Sampler:
             budget = self._budget(info, keep, W)
             # PIT: never a round that cannot be needed (each advances a sample by at most W steps);
             # sequential (W = 1): up to the next sample to finish, known from the plan
-            todo = min(self.sync_interval(device), -(-left // W)) if self.polls else min(info["remaining"])
+            if self.polls:
+                todo = min(self.sync_interval(device), -(-left // W))
+            else:  # samples kept to fill a bucket have nothing left
+                todo = min(r for r in info["remaining"] if r > 0)
             for _ in range(todo):
                 batch.window, batch.pos, batch.iters, batch.err, residual = self._round(
                     batch.window, batch.pos, batch.iters, batch.err, batch.plan.steps, batch.plan.total,

@@ -239,7 +239,8 @@ def make_oracle(name: str, seed: int = 0, **kwargs) -> Oracle:
 class Gathered:
     """``fn`` (a full ``[R, L, V]`` denoiser) behind the positions protocol: it computes the full
     output and returns the requested rows, bit for bit what a model that computes only those rows
-    must return. For tests of the samplers' positions path; ``requested`` records each call's ``M``."""
+    must return. For tests of the samplers' positions path; ``requested`` records each eager call's ``M``
+    (not inside a compiled graph: a growing list would make every call recompile)."""
 
     supports_positions = True
 
@@ -250,5 +251,6 @@ class Gathered:
         out = self.fn(x, t)
         if positions is None:
             return out
-        self.requested.append(positions.numel())
+        if not torch.compiler.is_compiling():
+            self.requested.append(positions.numel())
         return out.reshape(-1, out.shape[-1])[positions]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy
+
 import torch
 
 FLT_MAX = 3.4028234663852886e38
@@ -55,8 +57,9 @@ def check_temperature(temperature) -> float:
         raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature!r}")
     if t == 0.0:
         return 0.0
-    t32 = torch.tensor(t, dtype=torch.float32)
-    inv = float(torch.tensor(1.0, dtype=torch.float32) / t32)
+    with numpy.errstate(over="ignore", divide="ignore"):  # plain float32 arithmetic: no tensor, no dispatch
+        t32 = numpy.float32(t)
+        inv = float(numpy.float32(1.0) / t32)
     if not (0.0 < float(t32) <= FLT_MAX and 0.0 < inv < math.inf):
         raise ValueError(
             f"temperature={temperature!r} cannot be honoured in float32 (1/T must be a finite, nonzero "

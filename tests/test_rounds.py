@@ -249,9 +249,9 @@ def _count_reads(sampler, x, monkeypatch):
 @pytest.mark.parametrize("sync_every", [1, 3, 8])
 def test_host_reads_are_bounded(sync_every, monkeypatch):
     model = _Mixing()
-    x = torch.full((4, 12), 6)
+    x = torch.full((4, 48), 6)
     x[0, :2] = 1  # a prompt: the vocabulary probe's reads are part of the constant
-    kw = dict(mask_id=6, num_steps=40)
+    kw = dict(mask_id=6, num_steps=96)
     with ops.use_backend("native"):
         seq, seq_reads = _count_reads(ps.TauLeapingSampler(model, **kw), x, monkeypatch)
         pit, pit_reads = _count_reads(ps.PITSampler(model, window=4, sync_every=sync_every, **kw), x, monkeypatch)
@@ -259,3 +259,4 @@ def test_host_reads_are_bounded(sync_every, monkeypatch):
     assert seq.rounds > 3 * C_HOST_READS  # reads do not grow with rounds
     assert seq_reads <= C_HOST_READS, seq_reads
     assert pit_reads <= math.ceil(pit.rounds / sync_every) + C_HOST_READS, (pit_reads, pit.rounds)
+    assert pit.polls >= math.ceil(pit.rounds / sync_every) - 1  # the count sees the polls
