@@ -12,7 +12,6 @@ import math
 import numbers
 
 import numpy
-
 import torch
 
 FLT_MAX = 3.4028234663852886e38

@@ -79,3 +79,48 @@ def test_compiled_round_equals_eager_with_bounded_compiles(name, positions, extr
     assert not (again.tokens == 8).any()
     used = len(set(got.windows) | set(again.windows))
     assert 1 <= counter.compiles <= MAX_COMPILES_PER_WINDOW * used, (counter.compiles, used)
+
+
+def _digits(name):
+    from pit_sampler import digits
+    from pit_sampler.models import load_pretrained
+
+    return load_pretrained(name, dtype=torch.float32), digits.MASK_ID, digits.VOCAB_SIZE, digits.LENGTH, {}
+
+
+def _bert():
+    transformers = pytest.importorskip("transformers")
+    from pit_sampler.adapters import HFMaskedLM
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=31, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=24, max_position_embeddings=16)
+    model = transformers.BertForMaskedLM(config).eval()
+    return HFMaskedLM(model, mask_id=30), 30, 31, 10, {}
+
+
+def _sedd():
+    from pit_sampler.adapters import SEDDScoreModel
+
+    den = ExactDenoiser(9, 6, 8)
+    return (SEDDScoreModel(lambda x, sigma: den(x, sigma), mask_id=8, vocab_size=9), 8, 9, 6,
+            dict(parametrization="score", schedule="loglinear"))
+
+
+@pytest.mark.parametrize("make", [lambda: _digits("digits"), lambda: _digits("digits-time"), _bert, _sedd],
+                         ids=["digits", "digits-time", "hf-bert", "sedd"])
+@pytest.mark.parametrize("cls,window", [(ps.TauLeapingSampler, None), (ps.PITSampler, 4)])
+def test_compiled_round_on_shipped_models_and_adapters(make, cls, window):
+    """The shipped digits models (positions protocol), a real Hugging Face class through ``HFMaskedLM``
+    and the SEDD adapter: the whole round traces with ``fullgraph=True``, equals eager, and compiles
+    a bounded number of times over a run."""
+    torch._dynamo.reset()
+    den, mask_id, V, L, extra = make()
+    x = torch.full((3, L), mask_id)
+    x[0, :2] = torch.tensor([1, 2])
+    kw = dict(mask_id=mask_id, num_steps=12, vocab_size=V, **extra, **({} if window is None else {"window": window}))
+    counter = _CountingBackend()
+    want = cls(den, **kw).sample(x, seed=3)
+    got = cls(den, compile={"backend": counter}, **kw).sample(x, seed=3)
+    assert torch.equal(got.tokens, want.tokens) and got.rounds == want.rounds
+    assert 1 <= counter.compiles <= MAX_COMPILES_PER_WINDOW * len(set(got.windows)), counter.compiles
