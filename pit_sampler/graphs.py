@@ -51,4 +51,4 @@ class GraphedRound:
             if isinstance(dst, Tensor):
                 dst.copy_(src)
         graph.replay()
-        return tuple(t.clone() for t in out)
+        return tuple(t.clone() if isinstance(t, Tensor) else t for t in out)

@@ -309,8 +309,9 @@ class _Sampler:
         """One Picard iteration of every sample, on device, with static shapes: the denoiser call on
         ``window[:W]`` (``[W + 1, B, L]``), one sweep over the window and its extension, acceptance
         and the slide. ``budget``: the packed logits rows of the positions protocol (unused for a
-        plain denoiser). Returns ``(window, pos, iters, err, residual)``, ``residual`` int32 ``[W]``
-        (positions changed per slice, summed over the batch)."""
+        plain denoiser). Returns ``(window, pos, iters, err, residual, V)``, ``residual`` int32 ``[W]``
+        (positions changed per slice, summed over the batch), ``V`` the vocabulary size the denoiser
+        returned (later rounds must return the same)."""
         W = window.shape[0] - 1
         _, B, L = window.shape
         n = _spans(W)
@@ -340,7 +341,7 @@ class _Sampler:
         accepted = torch.arange(W, device=xs.device).unsqueeze(1) < accept.unsqueeze(0)
         err = record_errors(err, invalid[:W], accepted, steps[:W])
         return slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err, \
-            residual.sum(1, dtype=torch.int32)
+            residual.sum(1, dtype=torch.int32), logits.shape[-1]
 
     # -- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -406,6 +407,7 @@ class _Sampler:
         if policy is not None:
             policy.start(self._window_cap(max(info["remaining"]), B))
         rounds = rows = int(vocab is not None)
+        returned = vocab
         residuals, windows, logits_rows, polls = [], [], 0, 0
         bar = _progress(self.progress, max(info["remaining"]), type(self).__name__)
         started, done_before = time.perf_counter(), sum(info["remaining"])
@@ -436,9 +438,13 @@ class _Sampler:
             else:  # samples kept to fill a bucket have nothing left
                 todo = min(r for r in info["remaining"] if r > 0)
             for _ in range(todo):
-                batch.window, batch.pos, batch.iters, batch.err, residual = self._round(
+                batch.window, batch.pos, batch.iters, batch.err, residual, V = self._round(
                     batch.window, batch.pos, batch.iters, batch.err, batch.plan.steps, batch.plan.total,
                     batch.plan.rank, batch.seeds, times, spec, budget, top_token, vocab)
+                returned = returned or V
+                if V != returned:  # a shape: no host read
+                    raise ValueError(
+                        f"denoiser returned vocab size V={V}, but it returned V={returned} earlier in this run")
                 residuals.append(residual)
                 windows.append(W)
                 rows += W * len(batch.slots)
