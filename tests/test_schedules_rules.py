@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import pit_sampler as ps
+from pit_sampler.plan import make_plan
 from pit_sampler.rules import FIRST, REJECT, TWEEDIE, UNREACHABLE, step_tables
 from pit_sampler.schedules import Schedule, get_schedule, time_grid
 
@@ -175,7 +176,7 @@ def test_cosine_rate_does_not_cancel_at_small_t():
 def test_tables_and_plans_cost_what_is_used():
     """num_steps = 10**6 builds its tables vectorised (was a 38 s Python loop); the plan holds at most
     L + 1 steps per sample with skip-inactive and is a broadcast view without it; a window longer than
-    the plan is cut to it (window = 2e5 used to allocate 2e5 states)."""
+    the steps left is cut to them, rounded up to a power of two (window = 2e5 used to allocate 2e5 states)."""
     with _alarm(60):
         tables = step_tables(get_schedule("loglinear"), time_grid(10**6), "reject")
     assert tables.cdf.shape[0] == 10**6 + 1
@@ -187,10 +188,9 @@ def test_tables_and_plans_cost_what_is_used():
 
     sampler = ps.PITSampler(den, mask_id=7, num_steps=10**5, window=200_000, vocab_size=8)
     seeds = torch.arange(B)
-    plan, total = sampler._plan(x, seeds, sampler.tables)
-    assert plan.shape[1] <= L + 1 and (total <= L + 1).all()
-    dense = ps.PITSampler(den, mask_id=7, num_steps=10**5, window=4, skip_inactive=False, vocab_size=8)
-    plan, total = dense._plan(x, seeds, dense.tables)
-    assert plan.stride(0) == 0 and (total == 10**5 + 1).all()  # no [B, N] copy
+    plan = make_plan(x, seeds, sampler.tables, 7, 10**5, skip_inactive=True, need_rank=False)
+    assert plan.steps.shape[1] <= L + 1 and (plan.total <= L + 1).all()
+    plan = make_plan(x, seeds, sampler.tables, 7, 10**5, skip_inactive=False, need_rank=False)
+    assert plan.steps.stride(0) == 0 and (plan.total == 10**5 + 1).all()  # no [B, N] copy
     out = sampler.sample(x, seed=1)
-    assert not (out.tokens == 7).any() and out.residuals[0].shape[0] <= L + 1
+    assert not (out.tokens == 7).any() and max(out.windows) <= 2 * L  # steps left, rounded up to a power of 2
