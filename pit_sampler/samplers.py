@@ -25,8 +25,9 @@ iterations each (the paper's block form). Both are approximate and say so in ``S
 
 Host reads of device data during ``sample()`` (``aten._local_scalar_dense``, ``nonzero``, device to
 host copies): sequential, at most ``C_HOST_READS``; PIT, at most ``ceil(rounds / sync_every) +
-C_HOST_READS`` (input checks 2, the vocabulary probe 2 when a prompt is given without
-``vocab_size``, the plan 2, the start of the run 1, the end 1).
+C_HOST_READS``. The fixed reads are 4 with the native or Triton backend: the input checks 1, the
+vocabulary probe 1, the first poll 1, the end 1 (the plan has a static width and needs none); the
+bound leaves room for backends and models that read a little.
 """
 
 from __future__ import annotations
