@@ -35,7 +35,7 @@ FIXED = {"digits": (2, 4, 8), "transformer": (2, 4, 8, 16), "oracle": (4, 8, 16,
 def settings():
     """``(name, kind, denoiser, x_init, sampler kwargs)`` of every setting (``kind`` keys :data:`FIXED`,
     the fixed windows compared: around each setting's best window in the CPU end-to-end results)."""
-    from pit_sampler import digits
+    from pit_sampler.models import digits
     from pit_sampler.models import load_pretrained
 
     small = make_transformer("small", 256)

@@ -53,13 +53,10 @@ from torch import Tensor, nn
 
 from .positions import HEAD_BLOCK, check_positions, rowwise, supports_positions, take
 from .schedules import Schedule, get_schedule
+from .validation import is_int
 
 TIME_INPUTS = ("t", "none", "total_noise", "noise_rate")
 PARAMETRIZATIONS = ("mean", "score")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class Adapter:
@@ -82,9 +79,9 @@ class Adapter:
         suppress_ids: Iterable[int] = (),
         model_positions: bool = False,
     ):
-        if not (_is_int(mask_id) and mask_id >= 0):
+        if not (is_int(mask_id) and mask_id >= 0):
             raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-        if not (vocab_size is None or (_is_int(vocab_size) and vocab_size > mask_id)):
+        if not (vocab_size is None or (is_int(vocab_size) and vocab_size > mask_id)):
             raise ValueError(f"vocab_size must be an int > mask_id={mask_id} (V counts the mask token), got {vocab_size!r}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
@@ -92,7 +89,7 @@ class Adapter:
             raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         suppress_ids = tuple(suppress_ids)
         for i in suppress_ids:
-            if not (_is_int(i) and i >= 0 and i != mask_id and (vocab_size is None or i < vocab_size)):
+            if not (is_int(i) and i >= 0 and i != mask_id and (vocab_size is None or i < vocab_size)):
                 raise ValueError(f"suppress_ids must be token ids in [0, vocab_size) other than mask_id, got {i!r}")
         self.mask_id, self.vocab_size = mask_id, vocab_size
         self.time_input, self.schedule = time_input, get_schedule(schedule)
@@ -260,7 +257,7 @@ class OutputProjection:
     def __init__(self, module: nn.Linear, block: int = HEAD_BLOCK):
         if not isinstance(module, nn.Linear):
             raise TypeError(f"the output projection must be an nn.Linear, got {type(module).__name__}")
-        if not (_is_int(block) and block >= 1):
+        if not (is_int(block) and block >= 1):
             raise ValueError(f"head_block must be an int >= 1, got {block!r}")
         self.module, self.block = module, block
         self.active, self.positions, self.rows, self._inputs = False, None, 0, None
@@ -336,10 +333,10 @@ class HFMaskedLM(Adapter):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         config = getattr(model, "config", None)
-        if vocab_size is None and _is_int(getattr(config, "vocab_size", None)):
+        if vocab_size is None and is_int(getattr(config, "vocab_size", None)):
             vocab_size = config.vocab_size
         config_mask = getattr(config, "mask_token_id", None)
-        if _is_int(config_mask) and config_mask != mask_id:
+        if is_int(config_mask) and config_mask != mask_id:
             raise ValueError(f"mask_id={mask_id}, but model.config.mask_token_id={config_mask}")
         projection = OutputProjection.find(model, head_block)
         super().__init__(

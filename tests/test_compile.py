@@ -82,7 +82,7 @@ def test_compiled_round_equals_eager_with_bounded_compiles(name, positions, extr
 
 
 def _digits(name):
-    from pit_sampler import digits
+    from pit_sampler.models import digits
     from pit_sampler.models import load_pretrained
 
     return load_pretrained(name, dtype=torch.float32), digits.MASK_ID, digits.VOCAB_SIZE, digits.LENGTH, {}

@@ -71,7 +71,7 @@ def test_demo_entry_point_and_bad_arguments():
 
 def test_digit_metrics_and_validation():
     pytest.importorskip("sklearn")
-    from pit_sampler import digits
+    from pit_sampler.models import digits
 
     data = digits.digits_split()
     train = data["train_tokens"]

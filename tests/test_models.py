@@ -10,7 +10,7 @@ from positions_checks import assert_compiles, assert_positions_match
 
 from pit_sampler import PITSampler, TauLeapingSampler
 from pit_sampler.adapters import check_batch_invariance
-from pit_sampler.models import (
+from pit_sampler.models.transformer import (
     PRETRAINED,
     WEIGHTS_DIR,
     DepthwiseConv3x3,
@@ -207,7 +207,7 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_training_loop_smoke(tmp_path):
     pytest.importorskip("sklearn")
-    from pit_sampler.train_digits import train
+    from pit_sampler.models.train_digits import train
 
     out = tmp_path / "d.safetensors"
     arch = dict(d_model=16, n_heads=2, n_layers=1, grid=(8, 8))

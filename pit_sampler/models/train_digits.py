@@ -1,12 +1,12 @@
 """Train the masked-diffusion transformer on the scikit-learn 8x8 digits (CPU, fixed seed).
 
-    python -m pit_sampler.train_digits                    # time-agnostic -> pit_sampler/weights/digits.safetensors
-    python -m pit_sampler.train_digits --time-conditioned # -> pit_sampler/weights/digits_time.safetensors
+    python -m pit_sampler.models.train_digits                    # time-agnostic -> pit_sampler/models/weights/digits.safetensors
+    python -m pit_sampler.models.train_digits --time-conditioned # -> pit_sampler/models/weights/digits_time.safetensors
 
 Objective: :func:`pit_sampler.models.masked_diffusion_loss`, the MDLM/RADD continuous-time NELBO
 per position with the log-linear schedule (masked-position cross-entropy weighted by ``1 / t``).
 AdamW with linear warm-up and cosine decay, gradient clipping, and an exponential moving average
-(EMA) of the parameters, which is what is saved. The training split of :func:`pit_sampler.digits.digits_split`
+(EMA) of the parameters, which is what is saved. The training split of :func:`pit_sampler.models.digits.digits_split`
 is used; the held-out NELBO (EMA weights, fixed noise) is reported at the end and stored in the
 file's metadata with the command, the wall time and the final training loss.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import digits
-from .models import WEIGHTS_DIR, PRETRAINED, MaskedDiffusionTransformer, masked_diffusion_loss, save_model
+from .transformer import WEIGHTS_DIR, PRETRAINED, MaskedDiffusionTransformer, masked_diffusion_loss, save_model
 
 ARCH = dict(d_model=64, n_heads=4, n_layers=4, dropout=0.0, grid=digits.GRID)
 
@@ -119,7 +119,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m pit_sampler.train_digits", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pit_sampler.models.train_digits", description=__doc__.split("\n\n")[0])
     p.add_argument("--time-conditioned", action="store_true", help="train the MDLM-style time-conditioned variant")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     name = "digits-time" if args.time_conditioned else "digits"
     out = args.out or str(WEIGHTS_DIR / PRETRAINED[name])
-    command = "python -m pit_sampler.train_digits " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m pit_sampler.models.train_digits " + " ".join(sys.argv[1:] if argv is None else argv)
     _, report = train(
         steps=args.steps,
         batch_size=args.batch_size,

@@ -52,14 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .positions import HEAD_BLOCK, check_positions, rowwise, take
+from ..positions import HEAD_BLOCK, check_positions, rowwise, take
+from ..validation import is_int
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _FORMAT = "pit-sampler/masked-diffusion-transformer/1"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
@@ -171,37 +168,37 @@ class MaskedDiffusionTransformer(nn.Module):
         grid: tuple[int, int] | list[int] | None = None,
     ):
         super().__init__()
-        if not (_is_int(vocab_size) and vocab_size >= 2):
+        if not (is_int(vocab_size) and vocab_size >= 2):
             raise ValueError(f"vocab_size must be an int >= 2 (clean tokens plus the mask), got {vocab_size!r}")
         mask_id = vocab_size - 1 if mask_id is None else mask_id
-        if not (_is_int(mask_id) and 0 <= mask_id < vocab_size):
+        if not (is_int(mask_id) and 0 <= mask_id < vocab_size):
             raise ValueError(f"mask_id must be an int in [0, vocab_size={vocab_size}), got {mask_id!r}")
-        if not (_is_int(length) and length >= 1):
+        if not (is_int(length) and length >= 1):
             raise ValueError(f"length must be an int >= 1, got {length!r}")
-        if not (_is_int(n_heads) and n_heads >= 1 and _is_int(d_model) and d_model % (2 * n_heads) == 0):
+        if not (is_int(n_heads) and n_heads >= 1 and is_int(d_model) and d_model % (2 * n_heads) == 0):
             raise ValueError(f"d_model must be a multiple of 2 * n_heads, got d_model={d_model!r}, n_heads={n_heads!r}")
-        if not (_is_int(n_layers) and n_layers >= 1):
+        if not (is_int(n_layers) and n_layers >= 1):
             raise ValueError(f"n_layers must be an int >= 1, got {n_layers!r}")
         d_ff = 4 * d_model if d_ff is None else d_ff
         if grid is not None:
             grid = tuple(grid)
-            if not (len(grid) == 2 and all(_is_int(g) and g >= 1 for g in grid) and grid[0] * grid[1] == length):
+            if not (len(grid) == 2 and all(is_int(g) and g >= 1 for g in grid) and grid[0] * grid[1] == length):
                 raise ValueError(f"grid must be (H, W) with H * W = length={length}, got {grid!r}")
         if not (0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.config = dict(
-            vocab_size=vocab_size,
-            length=length,
-            mask_id=mask_id,
-            d_model=d_model,
-            n_heads=n_heads,
-            n_layers=n_layers,
-            d_ff=d_ff,
-            dropout=dropout,
+            vocab_size=int(vocab_size),
+            length=int(length),
+            mask_id=int(mask_id),
+            d_model=int(d_model),
+            n_heads=int(n_heads),
+            n_layers=int(n_layers),
+            d_ff=int(d_ff),
+            dropout=float(dropout),
             time_conditioned=bool(time_conditioned),
-            grid=None if grid is None else list(grid),
+            grid=None if grid is None else [int(g) for g in grid],
         )
-        self.vocab_size, self.length, self.mask_id = vocab_size, length, mask_id
+        self.vocab_size, self.length, self.mask_id = (self.config[k] for k in ("vocab_size", "length", "mask_id"))
         self.time_conditioned = bool(time_conditioned)
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Parameter(torch.randn(length, d_model) * 0.02)
@@ -372,7 +369,7 @@ PRETRAINED = {"digits": "digits.safetensors", "digits-time": "digits_time.safete
 
 def load_pretrained(name: str = "digits", dtype: torch.dtype = torch.float64) -> MaskedDiffusionTransformer:
     """A shipped model: ``"digits"`` (time-agnostic) or ``"digits-time"`` (time-conditioned), trained
-    by ``python -m pit_sampler.train_digits`` on the scikit-learn 8x8 digits (see docs/digits.md)."""
+    by ``python -m pit_sampler.models.train_digits`` on the scikit-learn 8x8 digits (see docs/digits.md)."""
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained model {name!r}; choose one of {sorted(PRETRAINED)}")
     return load_model(WEIGHTS_DIR / PRETRAINED[name], dtype=dtype)
