@@ -7,6 +7,7 @@ unmasking by confidence, margin, entropy or at random, sequential or exact Picar
 """
 
 from . import ops
+from .config import SamplerConfig, TauLeapingConfig
 from .guidance import ClassifierFreeGuidance
 from .maskgit import MaskGITSampler
 from .noise import sample_seeds
@@ -21,6 +22,8 @@ __all__ = [
     "ClassifierFreeGuidance",
     "TauLeapingSampler",
     "SampleResult",
+    "SamplerConfig",
+    "TauLeapingConfig",
     "ops",
     "Schedule",
     "LogLinear",

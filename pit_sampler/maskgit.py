@@ -54,7 +54,8 @@ from . import maskgit_ops, ops
 from .maskgit_reference import ORDERS
 from .noise import sample_seeds
 from .samplers import SampleResult
-from .validation import check_temperature, is_int
+from .config import SamplerConfig
+from .validation import check_token_batch, is_int, is_real
 
 SCHEDULES = ("linear", "cosine")
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -115,63 +116,38 @@ class MaskGITSampler:
     def __init__(
         self,
         denoiser: Denoiser,
+        config: SamplerConfig | None = None,
         *,
-        mask_id: int,
-        num_steps: int,
         order: str = "confidence",
         unmask_schedule: str = "linear",
         block_length: int | None = None,
-        temperature: float = 1.0,
         window: int = 1,
         tol: float = 0.0,
-        max_rows: int | None = None,
-        vocab_size: int | None = None,
-        progress: bool = False,
-        compile: bool = False,
+        **kwargs,
     ):
+        """``config``: a :class:`~pit_sampler.config.SamplerConfig` (``mask_id``, ``num_steps``,
+        ``temperature``, ``vocab_size``, ``max_rows``, ``progress``, ``compile``); keyword arguments
+        are its fields (they override ``config``'s)."""
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        if not (is_int(mask_id) and mask_id >= 0):
-            raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-        if not (is_int(num_steps) and num_steps >= 1):
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        self.config = c = SamplerConfig.build(config, kwargs)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         if unmask_schedule not in SCHEDULES:
             raise ValueError(f"unmask_schedule must be one of {SCHEDULES}, got {unmask_schedule!r}")
         if not (block_length is None or (is_int(block_length) and block_length >= 1)):
             raise ValueError(f"block_length must be None or an int >= 1, got {block_length!r}")
-        temperature = check_temperature(temperature)
         if not (is_int(window) and window >= 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
-        if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+        if not (is_real(tol) and 0.0 <= tol < 1.0):
             raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
-        if not (max_rows is None or (is_int(max_rows) and max_rows >= 1)):
-            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
-        if not (vocab_size is None or (is_int(vocab_size) and vocab_size > mask_id)):
-            raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
-        self.denoiser, self.mask_id, self.num_steps = denoiser, mask_id, num_steps
+        self.denoiser = denoiser
         self.order, self.order_id, self.unmask_schedule = order, ORDERS.index(order), unmask_schedule
-        self.block_length, self.temperature = block_length, float(temperature)
-        self.window, self.tol, self.max_rows = window, float(tol), max_rows
-        self.vocab_size, self.progress = vocab_size, progress
+        self.block_length, self.window, self.tol = block_length, int(window), float(tol)
         self.exact = tol == 0.0
-        self._step = torch.compile(self.step, fullgraph=True, dynamic=True) if compile else self.step
-
-    def _check_x_init(self, x_init) -> int:
-        """Validates ``x_init``; returns its largest token id."""
-        if not isinstance(x_init, Tensor):
-            raise TypeError(f"x_init must be a torch.Tensor, got {type(x_init).__name__}")
-        if x_init.is_floating_point() or x_init.is_complex() or x_init.dtype == torch.bool:
-            raise TypeError(f"x_init must hold integer token ids, got {x_init.dtype}")
-        if x_init.dim() != 2 or x_init.shape[0] == 0 or x_init.shape[1] == 0:
-            raise ValueError(f"x_init must have shape [B, L] with B, L >= 1, got {tuple(x_init.shape)}")
-        low, top = int(x_init.min()), int(x_init.max())
-        if low < 0:
-            raise ValueError("x_init holds negative token ids")
-        if self.vocab_size is not None and top >= self.vocab_size:
-            raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
-        return top
+        options = c.compile if isinstance(c.compile, dict) else {}
+        compiled = c.compile is not False
+        self._step = torch.compile(self.step, **{"fullgraph": True, "dynamic": True, **options}) if compiled else self.step
 
     def _check_logits(self, logits, xs: Tensor, top_token: int) -> None:
         """Static checks on the denoiser's output (fine inside a compiled step)."""
@@ -182,8 +158,8 @@ class MaskGITSampler:
         if not (logits.dim() == 3 and logits.shape[0] == xs.shape[0] and logits.shape[1] == xs.shape[1]):
             raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{xs.shape[0]}, {xs.shape[1]}, V]")
         V = logits.shape[2]
-        if not (self.vocab_size is None or V == self.vocab_size):
-            raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
+        if not (self.config.vocab_size is None or V == self.config.vocab_size):
+            raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.config.vocab_size}")
         if top_token >= V:
             raise ValueError(f"x_init holds token id {top_token}, out of range for the denoiser's vocab size V={V}")
 
@@ -195,15 +171,15 @@ class MaskGITSampler:
             logits = logits.float()
         self._check_logits(logits, xs, top_token)
         return maskgit_ops.maskgit_sweep(
-            logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, self.mask_id,
-            self.temperature, self.order_id,
+            logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, self.config.mask_id,
+            self.config.temperature, self.order_id,
         )
 
     def _layout(self, pos: list[int], W: int, device):
         """Host-built window layout from each sample's progress: ``(live [W, B] bool, rows [W, B],
         w_idx, b_idx)`` (rows index the denoiser call's ``R`` rows, ``-1`` where dead)."""
-        fit = W if self.max_rows is None else max(1, min(W, self.max_rows // len(pos)))
-        live = [[w < fit and p + w < self.num_steps for p in pos] for w in range(W)]
+        fit = W if self.config.max_rows is None else max(1, min(W, self.config.max_rows // len(pos)))
+        live = [[w < fit and p + w < self.config.num_steps for p in pos] for w in range(W)]
         live = torch.tensor(live, dtype=torch.bool)
         w_idx, b_idx = live.nonzero(as_tuple=True)
         rows = torch.full(live.shape, -1, dtype=torch.int64)
@@ -219,19 +195,19 @@ class MaskGITSampler:
     @torch.no_grad()
     def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
         """Fill every ``mask_id`` position of ``x_init`` (``[B, L]``; other positions are kept)."""
-        top_token = self._check_x_init(x_init)
+        top_token = check_token_batch("x_init", x_init, self.config.vocab_size)
         x = x_init.to(torch.int64)
-        device, (B, L), N = x.device, x.shape, self.num_steps
+        device, (B, L), N = x.device, x.shape, self.config.num_steps
         W = min(self.window, N)
         seeds = sample_seeds(seed, B, device)
-        k_table, block_table, pos_block = unmask_plan(x, self.mask_id, N, self.block_length, self.unmask_schedule)
+        k_table, block_table, pos_block = unmask_plan(x, self.config.mask_id, N, self.block_length, self.unmask_schedule)
         times = 1.0 - torch.arange(N, device=device, dtype=torch.float32) / N
         offsets = torch.arange(W, device=device)
         window = x.unsqueeze(0).repeat(W + 1, 1, 1)  # window[i]: the state before slice i; [0] is exact
         pos = torch.zeros(B, dtype=torch.int64, device=device)
         residuals, rounds, rows_evaluated = [], 0, 0
         progress, invalid_seen = [0] * B, False
-        bar = _progress(self.progress, N)
+        bar = _progress(self.config.progress, N)
         while min(progress) < N:
             live, rows, w_idx, b_idx = self._layout(progress, W, device)
             idx = (pos.unsqueeze(0) + offsets.unsqueeze(1)).clamp(max=N - 1).T  # [B, W]
@@ -260,7 +236,7 @@ class MaskGITSampler:
             bar.update(max(progress) - bar.n)
         bar.close()
         tokens = window[0]
-        assert not bool((tokens == self.mask_id).any()), "internal error: a mask survived the last step"
+        assert not bool((tokens == self.config.mask_id).any()), "internal error: a mask survived the last step"
         return SampleResult(tokens, rounds, rows_evaluated / B, rounds, residuals, self.exact)
 
 

@@ -42,9 +42,10 @@ from torch import Tensor
 from . import ops, rows as rowmaps
 from .noise import sample_seeds
 from .plan import Plan, make_plan
-from .rules import RULES, step_tables
-from .schedules import GRIDS, Schedule, get_schedule, time_grid
-from .validation import check_dense_tensor, check_temperature, is_int, is_real
+from .rules import step_tables
+from .schedules import get_schedule, time_grid
+from .config import TauLeapingConfig
+from .validation import check_token_batch, is_int, is_real
 from .graphs import GraphedRound
 from .window import WindowPolicy
 
@@ -150,81 +151,28 @@ class _Sampler:
     window = 1
     polls = False  # whether the number of rounds depends on the model (PIT) or is known from the plan
 
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        *,
-        mask_id: int,
-        num_steps: int,
-        schedule: str | Schedule = "loglinear",
-        rule: str = "reject",
-        grid: str = "geometric",
-        t_max: float = 1.0,
-        t_min: float = 1e-3,
-        final: str = "sample",
-        parametrization: str = "mean",
-        temperature: float = 1.0,
-        skip_inactive: bool | None = None,
-        vocab_size: int | None = None,
-        max_rows: int | None = None,
-        sync_every: int | None = None,
-        progress: bool = False,
-        compile: bool | dict = False,
-        cuda_graph: bool = False,
-    ):
+    def __init__(self, denoiser: Denoiser, config: TauLeapingConfig | None = None, **kwargs):
+        """``config``: a :class:`~pit_sampler.config.TauLeapingConfig`; keyword arguments are its
+        fields (they override ``config``'s)."""
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        if not (is_int(mask_id) and mask_id >= 0):
-            raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-        if not (is_int(num_steps) and num_steps >= 1):
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        if grid not in GRIDS:
-            raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-        if final not in ("sample", "argmax"):
-            raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
-        if parametrization not in ("mean", "score"):
-            raise ValueError(f"parametrization must be 'mean' or 'score', got {parametrization!r}")
-        temperature = check_temperature(temperature)
-        score = parametrization == "score"
-        if skip_inactive is None:
-            skip_inactive = not score
-        if score and skip_inactive:
-            raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
-        if not (vocab_size is None or (is_int(vocab_size) and vocab_size > mask_id)):
-            raise ValueError(f"vocab_size must be an int > mask_id={mask_id}, got {vocab_size!r}")
-        if not (max_rows is None or (is_int(max_rows) and max_rows >= 1)):
-            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
-        if not (sync_every is None or (is_int(sync_every) and sync_every >= 1)):
-            raise ValueError(f"sync_every must be None or an int >= 1, got {sync_every!r}")
-        if not isinstance(compile, (bool, dict)):
-            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
-        if not isinstance(cuda_graph, bool):
-            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+        self.config = c = TauLeapingConfig.build(config, kwargs)
         self.denoiser = denoiser
-        self.mask_id, self.num_steps, self.rule, self.final = int(mask_id), int(num_steps), rule, final
-        self.max_rows = None if max_rows is None else int(max_rows)
-        self.sync_every = None if sync_every is None else int(sync_every)
-        self.schedule = get_schedule(schedule)
-        self.times = time_grid(num_steps, grid, t_max, t_min)  # validates t_max, t_min
-        self.tables = step_tables(self.schedule, self.times, rule)
-        if score:
-            if not bool(torch.isfinite(self.tables.rate).all()):
-                raise ValueError(
-                    f"schedule {self.schedule!r} has an infinite score rate at t_max={t_max} (needs alpha(t_max) > 0)"
-                )
-        self.parametrization, self.score = parametrization, score
-        self.temperature, self.skip_inactive = float(temperature), bool(skip_inactive)
-        self.vocab_size, self.progress = None if vocab_size is None else int(vocab_size), progress
-        self.spec = ops.SweepSpec(self.tables.cdf, self.tables.rate, self.mask_id, self.temperature,
-                                  self.tables.rule, score, final == "argmax")
+        self.schedule = get_schedule(c.schedule)
+        self.times = time_grid(c.num_steps, c.grid, c.t_max, c.t_min)
+        self.tables = step_tables(self.schedule, self.times, c.rule)
+        if c.score and not bool(torch.isfinite(self.tables.rate).all()):
+            raise ValueError(
+                f"schedule {self.schedule!r} has an infinite score rate at t_max={c.t_max} (needs alpha(t_max) > 0)"
+            )
+        self.spec = ops.SweepSpec(self.tables.cdf, self.tables.rate, c.mask_id, c.temperature, self.tables.rule,
+                                  c.score, c.final == "argmax")
         self.positions = bool(getattr(denoiser, "supports_positions", False))
         self._tables_on: dict[torch.device, tuple[ops.SweepSpec, Tensor]] = {}
-        self.compiled, self.cuda_graph = compile is not False, cuda_graph
-        options = compile if isinstance(compile, dict) else {}
-        fn = torch.compile(self.round, **{"fullgraph": True, **options}) if compile is not False else self.round
-        self._round = GraphedRound(fn) if cuda_graph else fn
+        self.compiled = c.compile is not False
+        options = c.compile if isinstance(c.compile, dict) else {}
+        fn = torch.compile(self.round, **{"fullgraph": True, **options}) if self.compiled else self.round
+        self._round = GraphedRound(fn) if c.cuda_graph else fn
 
     # -- what each subclass decides -----------------------------------------------------------
     def _accept(self, residual: Tensor, live: Tensor, iters_here: Tensor, length: int) -> Tensor:
@@ -239,21 +187,8 @@ class _Sampler:
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_x_init(self, x_init) -> None:
-        check_dense_tensor("x_init", x_init)
-        if x_init.is_floating_point() or x_init.is_complex() or x_init.dtype == torch.bool:
-            raise TypeError(f"x_init must hold integer token ids, got {x_init.dtype}")
-        if x_init.dim() != 2:
-            raise ValueError(f"x_init must have shape [B, L], got {tuple(x_init.shape)}")
-        if x_init.shape[0] == 0:
-            raise ValueError("x_init is an empty batch (B = 0)")
-        if x_init.shape[1] == 0:
-            raise ValueError("x_init has no positions (L = 0)")
-        low, top = torch.stack([x_init.min(), x_init.max()]).tolist()  # one host read
-        if low < 0:
-            raise ValueError("x_init holds negative token ids")
-        if self.vocab_size is not None and top >= self.vocab_size:
-            raise ValueError(f"x_init holds token id {top}, out of range for vocab_size={self.vocab_size}")
-        if self.cuda_graph and x_init.device.type != "cuda":
+        check_token_batch("x_init", x_init, self.config.vocab_size)
+        if self.config.cuda_graph and x_init.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_init on {x_init.device}")
 
     def _probe_vocab(self, x_init: Tensor, times: Tensor) -> tuple[int, int | None]:
@@ -263,12 +198,12 @@ class _Sampler:
         ``rounds`` and ``nfe``) to learn ``V``, so an out-of-range id is reported here rather than
         crashing inside the model. ``V`` is ``None`` when no probe was needed.
         """
-        top = int(torch.where(x_init != self.mask_id, x_init, -1).max())
+        top = int(torch.where(x_init != self.config.mask_id, x_init, -1).max())
         if top < 0:
             return 0, None
-        if self.vocab_size is not None:
+        if self.config.vocab_size is not None:
             return top, None
-        x = torch.full_like(x_init[:1], self.mask_id)
+        x = torch.full_like(x_init[:1], self.config.mask_id)
         if self.positions:
             probe = self.denoiser(x, times[:1], positions=torch.zeros(1, dtype=torch.int64, device=x.device))
             V = probe.shape[1] if isinstance(probe, Tensor) and probe.dim() == 2 else None
@@ -293,12 +228,12 @@ class _Sampler:
             want = ", ".join(map(str, shape))
             raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected [{want}, V]")
         V = logits.shape[-1]
-        if not (self.vocab_size is None or V == self.vocab_size):
-            raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.vocab_size}")
+        if not (self.config.vocab_size is None or V == self.config.vocab_size):
+            raise ValueError(f"denoiser returned vocab size V={V}, but vocab_size={self.config.vocab_size}")
         if not (vocab is None or V == vocab):
             raise ValueError(f"denoiser returned vocab size V={V}, but it returned V={vocab} earlier in this run")
-        if self.mask_id >= V:
-            raise ValueError(f"mask_id={self.mask_id} is out of range for the denoiser's vocab size V={V}")
+        if self.config.mask_id >= V:
+            raise ValueError(f"mask_id={self.config.mask_id} is out of range for the denoiser's vocab size V={V}")
         if top_token >= V:
             raise ValueError(f"x_init holds token id {top_token}, out of range for the denoiser's vocab size V={V}")
         if logits.device != device:
@@ -326,8 +261,8 @@ class _Sampler:
             shape = (W * B, L)
             rows = rowmaps.full_rows(n, W, B, L, xs.device)
         else:
-            if self.score:
-                index, rows = rowmaps.score_rows(window[0] == self.mask_id, n, W, budget)
+            if self.config.score:
+                index, rows = rowmaps.score_rows(window[0] == self.config.mask_id, n, W, budget)
             else:
                 index, rows = rowmaps.mean_rows(rank, pos, n, W, budget)
             logits = self.denoiser(xs, ts, positions=index)
@@ -356,7 +291,7 @@ class _Sampler:
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
         seeds = sample_seeds(seed, x_init.shape[0], x_init.device)
-        group = x_init.shape[0] if self.max_rows is None else self.max_rows
+        group = x_init.shape[0] if self.config.max_rows is None else self.config.max_rows
         parts = [self._run(x_init[i : i + group], seeds[i : i + group]) for i in range(0, x_init.shape[0], group)]
         return parts[0] if len(parts) == 1 else _concat(parts)
 
@@ -364,8 +299,8 @@ class _Sampler:
         """The largest window worth running (a power of two): no more slots than the most steps a
         sample has left (rounded up), and within ``max_rows`` rows per call."""
         cap = _pow2_at_least(max(1, left))
-        if self.max_rows is not None:
-            cap = min(cap, 1 << (max(1, self.max_rows // batch).bit_length() - 1))
+        if self.config.max_rows is not None:
+            cap = min(cap, 1 << (max(1, self.config.max_rows // batch).bit_length() - 1))
         return cap
 
     def _windows(self, policy: WindowPolicy | None) -> list[int]:
@@ -378,7 +313,7 @@ class _Sampler:
         """Packed logits rows a round needs at most until the next poll (positions protocol)."""
         if not self.positions:
             return 0
-        if self.score:
+        if self.config.score:
             need = sum(info["masked"][i] for i in keep)
         else:
             need = sum(info[f"draws{_spans(W)}"][i] for i in keep)
@@ -389,28 +324,28 @@ class _Sampler:
     def _buckets(self) -> bool:
         """Round shapes come in powers of two (batch, window tail, logits budget) when a compiled or
         captured round is reused: a bounded number of compilations per run."""
-        return self.compiled or self.cuda_graph
+        return self.compiled or self.config.cuda_graph
 
     def _run(self, x_init: Tensor, seeds: Tensor) -> SampleResult:
         device, (B, L) = x_init.device, x_init.shape
         spec, times = self._device_tables(device)
         top_token, vocab = self._probe_vocab(x_init, times)
-        plan = make_plan(x_init, seeds, self.tables.to(device), self.mask_id, self.num_steps,
-                         skip_inactive=self.skip_inactive, need_rank=self.positions and not self.score)
+        plan = make_plan(x_init, seeds, self.tables.to(device), self.config.mask_id, self.config.num_steps,
+                         skip_inactive=self.config.skips_inactive, need_rank=self.positions and not self.config.score)
         policy = self._window_policy(x_init)
-        spans = {_spans(w) for w in self._windows(policy)} if self.positions and not self.score else set()
+        spans = {_spans(w) for w in self._windows(policy)} if self.positions and not self.config.score else set()
         batch = _Batch(list(range(B)), x_init.unsqueeze(0).expand(2, B, L).clone(),
                        torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int64, device=device),
                        torch.full((B,), -1, dtype=torch.int64, device=device), seeds, plan,
                        {span: plan.draw_bound(span) for span in sorted(spans)})
         out, errors = x_init.clone(), torch.full((B,), -1, dtype=torch.int64, device=device)
-        info = batch.read(self.mask_id)
+        info = batch.read(self.config.mask_id)
         if policy is not None:
             policy.start(self._window_cap(max(info["remaining"]), B))
         rounds = rows = int(vocab is not None)
         returned = vocab
         residuals, windows, logits_rows, polls = [], [], 0, 0
-        bar = _progress(self.progress, max(info["remaining"]), type(self).__name__)
+        bar = _progress(self.config.progress, max(info["remaining"]), type(self).__name__)
         started, done_before = time.perf_counter(), sum(info["remaining"])
         while True:
             self._raise_errors(info["err"], batch.slots)
@@ -449,10 +384,10 @@ class _Sampler:
                 residuals.append(residual)
                 windows.append(W)
                 rows += W * len(batch.slots)
-                logits_rows += W * len(batch.slots) * L if not self.positions else (W if self.score else 1) * budget
+                logits_rows += W * len(batch.slots) * L if not self.positions else (W if self.config.score else 1) * budget
             rounds += todo
             if self.polls:
-                info = batch.read(self.mask_id)
+                info = batch.read(self.config.mask_id)
                 polls += 1
             else:  # W = 1: every unfinished sample performed exactly `todo` more steps; no read
                 info = {**info, "remaining": [max(0, r - todo) for r in info["remaining"]],
@@ -463,10 +398,10 @@ class _Sampler:
                 if W == chosen:  # a window cut short by the end of the run does not measure its steady state
                     policy.observe(W, (now - started) / todo, W * len(batch.slots), (done_before - done) / todo)
                 started, done_before = now, done
-            if self.progress:
+            if self.config.progress:
                 bar.update(bar.total - max(info["remaining"]) - bar.n)
         bar.close()
-        final = torch.cat([errors, (out == self.mask_id).any().view(1).to(torch.int64)]).tolist()  # one read
+        final = torch.cat([errors, (out == self.config.mask_id).any().view(1).to(torch.int64)]).tolist()  # one read
         self._raise_errors(final[:B], list(range(B)))
         if final[B]:
             raise RuntimeError("internal error: a mask survived the final fill")
@@ -484,8 +419,8 @@ class _Sampler:
     def sync_interval(self, device: torch.device) -> int:
         """Rounds between poll points: ``sync_every``, else 1 on the CPU (a host read costs nothing
         there) and 8 on an accelerator (each read stalls its queue)."""
-        if self.sync_every is not None:
-            return self.sync_every
+        if self.config.sync_every is not None:
+            return self.config.sync_every
         return 1 if device.type == "cpu" else 8
 
     def _raise_errors(self, codes: list[int], slots: list[int]) -> None:

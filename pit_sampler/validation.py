@@ -75,3 +75,23 @@ def check_dense_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (it holds no data)")
+
+
+def check_token_batch(name: str, x, vocab_size: int | None) -> int:
+    """``x`` is a dense integer tensor ``[B, L]`` (``B, L >= 1``) of token ids in ``[0, vocab_size)``;
+    returns its largest id. One host read (the min and max together)."""
+    check_dense_tensor(name, x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape [B, L], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (B = 0)")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no positions (L = 0)")
+    low, top = torch.stack([x.min(), x.max()]).tolist()
+    if low < 0:
+        raise ValueError(f"{name} holds negative token ids")
+    if vocab_size is not None and top >= vocab_size:
+        raise ValueError(f"{name} holds token id {top}, out of range for vocab_size={vocab_size}")
+    return top

@@ -58,6 +58,38 @@ def test_bad_constructor_arguments(cls, kwargs, match):
         make(cls, **kwargs)
 
 
+@pytest.mark.parametrize("cls", [ps.TauLeapingSampler, ps.PITSampler])
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(sync_every=0), ValueError, "sync_every"), (dict(sync_every=2.0), ValueError, "sync_every"),
+    (dict(max_rows=0), ValueError, "max_rows"), (dict(compile="yes"), TypeError, "compile"),
+    (dict(cuda_graph=1), TypeError, "cuda_graph"), (dict(progress="on"), TypeError, "progress"),
+    (dict(skip_inactive=1), TypeError, "skip_inactive"), (dict(config="cfg"), TypeError, "config"),
+    (dict(windows=4), TypeError, "windows"),
+])
+def test_bad_device_and_config_arguments(cls, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        make(cls, **kwargs)
+
+
+def test_a_config_is_shared_checked_once_and_overridden_by_keywords():
+    config = ps.TauLeapingConfig(mask_id=MASK, num_steps=8, temperature=0.5)
+    seq = ps.TauLeapingSampler(denoiser, config=config)
+    pit = ps.PITSampler(denoiser, config=config, window=4)
+    assert seq.config is config and pit.config is config
+    assert torch.equal(seq.sample(masked(), seed=3).tokens, pit.sample(masked(), seed=3).tokens)
+    assert torch.equal(seq.sample(masked(), seed=3).tokens, make(temperature=0.5).sample(masked(), seed=3).tokens)
+    hot = ps.TauLeapingSampler(denoiser, config=config, temperature=2.0)
+    assert hot.config.temperature == 2.0 and config.temperature == 0.5
+    with pytest.raises(AttributeError):
+        config.temperature = 1.0  # frozen
+    with pytest.raises(ValueError, match="num_steps"):
+        ps.TauLeapingSampler(denoiser, config=config, num_steps=0)
+    with pytest.raises(TypeError, match="config must be a TauLeapingConfig"):
+        ps.TauLeapingSampler(denoiser, config=ps.SamplerConfig(mask_id=MASK, num_steps=8))
+    maskgit = ps.MaskGITSampler(denoiser, config=ps.SamplerConfig(mask_id=MASK, num_steps=5))
+    assert maskgit.sample(masked(), seed=1).tokens.shape == (2, L)
+
+
 @pytest.mark.parametrize("kwargs, match", [(dict(window=0), "window"), (dict(window=2.0), "window"),
                                            (dict(tol=-0.1), "tol"), (dict(tol=1.0), "tol"),
                                            (dict(mode="fast"), "mode"), (dict(mode="fixed"), "max_iters"),

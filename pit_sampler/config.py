@@ -1,0 +1,130 @@
+"""Sampler configuration: the constructor arguments of the samplers, checked once, in one place.
+
+:class:`SamplerConfig` holds what every sampler takes (tau-leaping, PIT, MaskGIT): the mask token,
+the number of steps, the draw temperature, the vocabulary size if known, the memory cap on rows per
+call, the progress bar and ``torch.compile``. :class:`TauLeapingConfig` adds the absorbing-diffusion
+process of :class:`~pit_sampler.TauLeapingSampler` and :class:`~pit_sampler.PITSampler` (schedule,
+jump rule, time grid, final step, parametrization, skip-inactive) and the device-side options
+(``sync_every``, ``cuda_graph``). Both are frozen: a sampler's settings cannot drift after it is made.
+
+A sampler takes its arguments as keywords (``PITSampler(den, mask_id=..., num_steps=...)``) or as a
+config (``PITSampler(den, config=cfg)``, keywords then override fields: ``dataclasses.replace``).
+Every field is checked in ``__post_init__``; a bad value raises ``ValueError``/``TypeError`` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .rules import RULES
+from .schedules import GRIDS, Schedule, get_schedule, time_grid
+from .validation import check_temperature, is_int
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """What every sampler takes.
+
+    ``mask_id``: the absorbing token; ``num_steps``: steps ``N`` of the process; ``temperature``:
+    logits are scaled by ``1 / temperature`` before a draw (``0``: greedy); ``vocab_size``: ``V`` if
+    known (else learned from the first call); ``max_rows``: the most rows of one denoiser call (a
+    memory budget; ``None``: no cap); ``progress``: a tqdm bar; ``compile``: ``True`` or a dict of
+    ``torch.compile`` options, to compile a round with ``fullgraph=True``."""
+
+    mask_id: int
+    num_steps: int
+    temperature: float = 1.0
+    vocab_size: int | None = None
+    max_rows: int | None = None
+    progress: bool = False
+    compile: bool | dict = False
+
+    def __post_init__(self):
+        if not (is_int(self.mask_id) and self.mask_id >= 0):
+            raise ValueError(f"mask_id must be an int >= 0, got {self.mask_id!r}")
+        if not (is_int(self.num_steps) and self.num_steps >= 1):
+            raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
+        if not (self.vocab_size is None or (is_int(self.vocab_size) and self.vocab_size > self.mask_id)):
+            raise ValueError(f"vocab_size must be an int > mask_id={self.mask_id}, got {self.vocab_size!r}")
+        if not (self.max_rows is None or (is_int(self.max_rows) and self.max_rows >= 1)):
+            raise ValueError(f"max_rows must be None or an int >= 1, got {self.max_rows!r}")
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
+        if not isinstance(self.compile, (bool, dict)):
+            raise TypeError(
+                f"compile must be a bool or a dict of torch.compile options, got {type(self.compile).__name__}")
+        self._set(mask_id=int(self.mask_id), num_steps=int(self.num_steps),
+                  temperature=float(check_temperature(self.temperature)),
+                  vocab_size=None if self.vocab_size is None else int(self.vocab_size),
+                  max_rows=None if self.max_rows is None else int(self.max_rows))
+
+    def _set(self, **values) -> None:
+        """Store normalised values (``int`` for numpy ints, ...) in the frozen instance."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def build(cls, config: "SamplerConfig | None", overrides: dict) -> "SamplerConfig":
+        """A sampler's config from its ``config=`` argument and keyword arguments (which override)."""
+        if config is None:
+            return cls(**overrides)
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+
+@dataclass(frozen=True)
+class TauLeapingConfig(SamplerConfig):
+    """:class:`SamplerConfig` and the absorbing process of the tau-leaping samplers.
+
+    ``schedule``: the noise schedule (a name or a :class:`~pit_sampler.Schedule`); ``rule``: how jump
+    counts unmask (:data:`pit_sampler.RULES`); ``grid``, ``t_max``, ``t_min``: the time grid
+    (:func:`pit_sampler.time_grid`); ``final``: ``"sample"`` or ``"argmax"`` at the last step;
+    ``parametrization``: ``"mean"`` (the model gives ``p(x_0 | x_t)``) or ``"score"``;
+    ``skip_inactive`` (``None``: on for the mean parametrization): run only the steps at which a
+    position unmasks; ``sync_every``: rounds between host polls (``None``: 1 on the CPU, 8 on an
+    accelerator); ``cuda_graph``: capture a round as a CUDA graph and replay it."""
+
+    schedule: str | Schedule = "loglinear"
+    rule: str = "reject"
+    grid: str = "geometric"
+    t_max: float = 1.0
+    t_min: float = 1e-3
+    final: str = "sample"
+    parametrization: str = "mean"
+    skip_inactive: bool | None = None
+    sync_every: int | None = None
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
+        if self.final not in ("sample", "argmax"):
+            raise ValueError(f"final must be 'sample' or 'argmax', got {self.final!r}")
+        if self.parametrization not in ("mean", "score"):
+            raise ValueError(f"parametrization must be 'mean' or 'score', got {self.parametrization!r}")
+        if not (self.skip_inactive is None or isinstance(self.skip_inactive, bool)):
+            raise TypeError(f"skip_inactive must be None or a bool, got {type(self.skip_inactive).__name__}")
+        if self.score and self.skip_inactive:
+            raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
+        if not (self.sync_every is None or (is_int(self.sync_every) and self.sync_every >= 1)):
+            raise ValueError(f"sync_every must be None or an int >= 1, got {self.sync_every!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(self.cuda_graph).__name__}")
+        get_schedule(self.schedule)  # a known name or a Schedule
+        time_grid(self.num_steps, self.grid, self.t_max, self.t_min)  # checks t_max, t_min
+        self._set(sync_every=None if self.sync_every is None else int(self.sync_every))
+
+    @property
+    def skips_inactive(self) -> bool:
+        """``skip_inactive`` resolved: its default (``None``) is on for the mean parametrization."""
+        return not self.score if self.skip_inactive is None else self.skip_inactive
+
+    @property
+    def score(self) -> bool:
+        """Whether the model gives scores (concrete-score ratios) rather than ``p(x_0 | x_t)``."""
+        return self.parametrization == "score"
