@@ -3,7 +3,7 @@
 Semantics (the contract every backend implements): :mod:`pit_sampler.maskgit_reference`.
 The op is a ``torch.library.custom_op`` with a fake kernel, so a sampler step traces under
 ``torch.compile(fullgraph=True)`` as one opaque node. The backend is chosen inside the op at run
-time by :func:`pit_sampler.ops.backend_for` (``PIT_SAMPLER_BACKEND``, ``ops.use_backend``), among
+time by :func:`pit_sampler.backends.registry.kernel` (``PIT_SAMPLER_BACKEND``, ``ops.use_backend``), among
 
 * ``reference``: :func:`pit_sampler.maskgit_reference.maskgit_sweep` (PyTorch, any device);
 * ``native``: ``torch.ops.pit_sampler_native.maskgit_sweep`` (``csrc/maskgit_cpu.cpp``, CPU);
@@ -16,9 +16,6 @@ one: the ``native`` choice then runs the reference, with a warning once (rebuild
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import torch
 from torch import Tensor
 
@@ -26,46 +23,10 @@ from . import maskgit_reference as reference
 from . import ops
 from .validation import check_int, check_temperature
 
-log = logging.getLogger(__name__)
-_last: list[str | None] = [None]
-
-
-def _native(*args):
-    return torch.ops.pit_sampler_native.maskgit_sweep(*args)
-
-
-@functools.cache
-def _native_has_kernel(device_type: str) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    try:
-        has = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("pit_sampler_native::maskgit_sweep", key)
-    except RuntimeError:  # the operator itself is missing (an extension built before it existed)
-        has = False
-    if not has:
-        log.warning("pit_sampler: the native extension has no maskgit_sweep kernel for %s (rebuild it); "
-                    "using the reference", device_type)
-    return has
-
-
-def _triton(*args):
-    from .triton_kernels import maskgit
-
-    return maskgit.maskgit_sweep(*args)
-
-
-_IMPLEMENTATIONS = {"reference": reference.maskgit_sweep, "native": _native, "triton": _triton}
-
-
-def _implementation(device: torch.device) -> str:
-    name = ops.backend_for(device)
-    if name == "native" and not _native_has_kernel(device.type):
-        return "reference"
-    return name
-
 
 def last_backend() -> str | None:
     """The backend that ran :func:`maskgit_sweep` most recently."""
-    return _last[0]
+    return ops.last_backend("maskgit_sweep")
 
 
 def _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order):
@@ -120,9 +81,7 @@ def _maskgit_sweep(
     temperature: float,
     order: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    name = _implementation(x0.device)
-    _last[0] = name
-    return _IMPLEMENTATIONS[name](
+    return ops.kernel("maskgit_sweep", x0.device)(
         logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order
     )
 

@@ -6,118 +6,37 @@ samplers trace under ``torch.compile(fullgraph=True)`` as one opaque node per op
 values that change between calls (seeds, step indices, thresholds) are tensors, so one compiled
 graph serves every call.
 
-Backends: ``reference`` (pure PyTorch, any device) always; ``native`` (C++ CPU, CUDA C++ on GPU)
-when the extension ``pit_sampler._C`` is built; ``triton`` on CUDA when Triton is importable
-(``TRITON_INTERPRET=1`` also lets it run on CPU tensors, for tests). The backend is chosen inside
-the op at run time, in this order:
-
-1. :func:`use_backend` (context manager) or :func:`set_backend`, else
-2. the environment variable ``PIT_SAMPLER_BACKEND`` (``reference``, ``native``, ``triton``), else
-3. ``auto``: CUDA -> triton, then native, then reference; CPU -> native, then reference.
-
-:func:`last_backend` tells which backend ran an op last; :func:`available_backends` what can run.
-The backend is a run-time choice inside the op body (not a schema argument), so it also applies
-inside compiled graphs.
+Backends (:mod:`pit_sampler.backends`): ``reference`` (pure PyTorch, any device) always; ``native``
+(C++ CPU, CUDA C++ on GPU) when the extension ``pit_sampler._C`` is built; ``triton`` on CUDA when
+Triton is importable (``TRITON_INTERPRET=1`` also lets it run on CPU tensors, for tests). The
+backend is chosen inside the op at run time (:mod:`pit_sampler.backends.registry`: ``use_backend``
+or ``set_backend``, else ``PIT_SAMPLER_BACKEND``, else automatic), so the choice also applies inside
+compiled graphs. :func:`last_backend` tells which backend ran an op last; :func:`available_backends`
+what can run. These registry functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from . import reference
+from .backends.registry import (  # noqa: F401  (the public face of the registry)
+    Backend,
+    available_backends,
+    backend_for,
+    kernel,
+    last_backend,
+    register_backend,
+    set_backend,
+    use_backend,
+)
 from .rules import RULES
 from .validation import check_int, check_temperature
 
 LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One implementation of both ops: ``supports(device)`` says where it can run."""
-
-    name: str
-    sweep: Callable
-    unmask_table: Callable
-    supports: Callable[[torch.device], bool]
-
-
-_BACKENDS: dict[str, Backend] = {}
-_AUTO_ORDER = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
-_forced: list[str | None] = [None]
-_last: dict[str, str] = {}
-
-
-def register_backend(backend: Backend) -> None:
-    """Add (or replace) a backend; backends register themselves on import."""
-    _BACKENDS[backend.name] = backend
-
-
-register_backend(Backend("reference", reference.sweep, reference.unmask_table, lambda device: True))
-
-
-def _load_optional_backends() -> None:
-    # each module registers itself if its requirements (built extension, Triton) are met
-    from .backends import native, triton  # noqa: F401
-
-
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Names of the backends that can run on ``device``."""
-    device = torch.device(device)
-    return [name for name, b in _BACKENDS.items() if b.supports(device)]
-
-
-def set_backend(name: str | None) -> None:
-    """Force a backend for every op call (``None`` or ``"auto"``: automatic choice)."""
-    if name not in (None, "auto") and name not in _BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKENDS)}, got {name!r}")
-    _forced[0] = None if name == "auto" else name
-
-
-@contextlib.contextmanager
-def use_backend(name: str | None):
-    """Context manager form of :func:`set_backend`."""
-    previous = _forced[0]
-    set_backend(name)
-    try:
-        yield
-    finally:
-        _forced[0] = previous
-
-
-def last_backend(op: str = "sweep") -> str | None:
-    """The backend that ran ``op`` (``"sweep"`` or ``"unmask_table"``) most recently."""
-    return _last.get(op)
-
-
-def backend_for(device: torch.device | str) -> str:
-    """The backend the ops will use for tensors on ``device`` under the current settings."""
-    device = torch.device(device)
-    name = _forced[0] or os.environ.get("PIT_SAMPLER_BACKEND") or "auto"
-    if name != "auto":
-        if name not in _BACKENDS:
-            raise ValueError(f"PIT_SAMPLER_BACKEND must be 'auto' or one of {sorted(_BACKENDS)}, got {name!r}")
-        if not _BACKENDS[name].supports(device):
-            raise ValueError(
-                f"backend {name!r} cannot run on {device.type} tensors (available: {available_backends(device)})"
-            )
-        return name
-    for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-        if candidate in _BACKENDS and _BACKENDS[candidate].supports(device):
-            return candidate
-    return "reference"
-
-
-def _run(op: str, device: torch.device) -> Backend:
-    name = backend_for(device)
-    _last[op] = name
-    return _BACKENDS[name]
 
 
 def _check_tensor(name: str, t, dtype: torch.dtype, ndim: int) -> None:
@@ -190,7 +109,7 @@ def _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, tempe
 @torch.library.custom_op("pit_sampler::unmask_table", mutates_args=())
 def _unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int) -> Tensor:
     _check_unmask_table(x, seeds, cdf, mask_id, rule)
-    return _run("unmask_table", x.device).unmask_table(x, seeds, cdf, mask_id, rule)
+    return kernel("unmask_table", x.device)(x, seeds, cdf, mask_id, rule)
 
 
 @_unmask_table.register_fake
@@ -217,8 +136,7 @@ def _sweep(
     with_counts: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
-    backend = _run("sweep", x0.device)
-    return backend.sweep(
+    return kernel("sweep", x0.device)(
         logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
     )
 
@@ -302,5 +220,3 @@ class SweepSpec:
         return sweep(logits, rows, steps, x0, prev, seeds, self.cdf, self.rate, self.mask_id, self.temperature,
                      self.rule, self.score, self.argmax_final, with_counts)
 
-
-_load_optional_backends()

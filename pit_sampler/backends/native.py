@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..ops import Backend, register_backend
+from .registry import Backend, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +104,37 @@ def loaded() -> bool:
     return True
 
 
-def has_kernel(device_type: str) -> bool:
-    """Whether the loaded extension has kernels for ``device_type`` (``cpu`` or ``cuda``)."""
+def has_kernel(device_type: str, op: str = "sweep") -> bool:
+    """Whether the loaded extension has the kernel of ``op`` for ``device_type`` (``cpu`` or ``cuda``)."""
     if not loaded():
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("pit_sampler_native::sweep", key)
+    try:
+        return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"pit_sampler_native::{op}", key)
+    except RuntimeError:  # the operator itself is missing (an extension built before it existed)
+        return False
 
 
-def _supports(device: torch.device) -> bool:
-    return has_kernel(device.type)
+@functools.cache
+def _has(op: str, device_type: str) -> bool:
+    has = has_kernel(device_type, op)
+    if not has and has_kernel(device_type):
+        log.warning("pit_sampler: the native extension has no %s kernel for %s (rebuild it); using the reference",
+                    op, device_type)
+    return has
 
 
-def _sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
-           with_counts):
-    return torch.ops.pit_sampler_native.sweep(
-        logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
-    )
+def _kernel(op: str):
+    def run(*args):
+        return getattr(torch.ops.pit_sampler_native, op)(*args)
 
-
-def _unmask_table(x, seeds, cdf, mask_id, rule):
-    return torch.ops.pit_sampler_native.unmask_table(x, seeds, cdf, mask_id, rule)
+    run.__name__ = f"native_{op}"
+    return run
 
 
 unavailable = None if _prebuilt() else _jit_possible()
 if unavailable is None:
-    register_backend(Backend("native", _sweep, _unmask_table, _supports))
+    register_backend(Backend("native", {op: _kernel(op) for op in ("sweep", "unmask_table", "maskgit_sweep")},
+                             lambda device: has_kernel(device.type), lambda op, device: _has(op, device.type)))
 else:
     log.debug("pit_sampler: native backend unavailable: %s", unavailable)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import Backend, register_backend
+from .registry import Backend, register_backend
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
 
+    from ..triton_kernels import maskgit as _maskgit
     from ..triton_kernels import sweep as _sweep
     from ..triton_kernels import table as _table
 except ImportError:  # no Triton: register nothing
@@ -26,4 +27,5 @@ else:
         """CUDA devices; CPU too under the interpreter."""
         return device.type == "cuda" or (device.type == "cpu" and INTERPRETED)
 
-    register_backend(Backend("triton", _sweep.sweep, _table.unmask_table, supports))
+    register_backend(Backend("triton", {"sweep": _sweep.sweep, "unmask_table": _table.unmask_table,
+                                        "maskgit_sweep": _maskgit.maskgit_sweep}, supports))
