@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .backends.registry import (  # noqa: F401  (the public face of the registry)
+from .backends.registry import (
     Backend,
     available_backends,
     backend_for,
@@ -37,6 +37,10 @@ from .rules import RULES
 from .validation import check_int, check_temperature
 
 LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+__all__ = [  # the ops, their spec, and the registry's public face
+    "sweep", "unmask_table", "SweepSpec", "LOGITS_DTYPES", "Backend", "register_backend", "available_backends",
+    "backend_for", "kernel", "last_backend", "set_backend", "use_backend",
+]
 
 
 def _check_tensor(name: str, t, dtype: torch.dtype, ndim: int) -> None:

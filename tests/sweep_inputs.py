@@ -4,7 +4,9 @@
 parametrization, options, logits dtype and memory layout, NaN/inf patterns, and ``rows``/``steps``
 maps with pass-through (-1) and bad (> N) steps, packed logits ``[M, V]`` read through a random
 ``[W, B, L]`` row map with repeats and missing (out-of-range) entries, and ``prev`` for ``P <= W``
-slices. :func:`full_form` maps a full ``[R, L, V]`` output to the packed arguments; :func:`reads`
+slices. :func:`sweep_case` builds one window's arguments from a few knobs (the backend-equals-reference
+suite, tests/test_backends.py, and the per-backend tests use it), :func:`positional` adds the scalars.
+:func:`full_form` maps a full ``[R, L, V]`` output to the packed arguments; :func:`reads`
 tells which row-map entries a sweep read. :func:`backends` lists the sweep
 implementations that can run here, by name, all with the op's positional signature
 ``(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final,
@@ -17,7 +19,8 @@ import random
 
 import torch
 
-from pit_sampler import noise, ops, reference
+from pit_sampler import noise, ops
+from pit_sampler.backends import registry
 from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import get_schedule, time_grid
 
@@ -32,17 +35,7 @@ NAMES = ("logits", "rows", "steps", "x0", "prev", "seeds", "cdf", "rate", "mask_
 
 def backends(device: torch.device | str = "cpu") -> dict:
     """``name -> sweep function`` of every backend that runs on ``device`` (the reference included)."""
-    out = {"reference": reference.sweep}
-    available = ops.available_backends(device)
-    if "native" in available:
-        from pit_sampler.backends import native
-
-        out["native"] = native._sweep
-    if "triton" in available:
-        from pit_sampler.triton_kernels import sweep as triton_sweep
-
-        out["triton"] = triton_sweep.sweep
-    return out
+    return {name: registry.implementation(name, "sweep") for name in ops.available_backends(device)}
 
 
 def layout(values: torch.Tensor, kind: str, rng: random.Random) -> torch.Tensor:
@@ -94,6 +87,67 @@ def _pattern(logits: torch.Tensor, kind: str, g: torch.Generator) -> None:
         sel = torch.rand(M, V, generator=g) < 0.2
         big = torch.where(torch.rand(M, V, generator=g) < 0.5, -1.0, 1.0) * 3e4
         logits[sel] = big[sel]
+
+
+def sweep_case(W: int, B: int, L: int, V: int, N: int, *, rule: str = "first", score: bool = False,
+               dtype: torch.dtype = torch.float32, seed: int = 0, mask_id: int | None = None, prompt: float = 0.3,
+               passthrough: float = 0.2, final: float = 0.2, bad: float = 0.0, packed: bool = True,
+               device: torch.device | str = "cpu") -> dict:
+    """The sweep's tensor arguments and ``mask_id`` (a dict in the op's order), for one window.
+
+    Each sample runs consecutive steps from a random start (with probability ``final`` it ends on the
+    final fill ``N``); a fraction ``passthrough`` of its slices passes through (step ``-1``), except
+    slice 0 of sample 0. ``x0`` has a prompt (the first third of sample 0) and a fraction ``prompt``
+    of already unmasked positions; ``prev`` mixes ``x0`` and clean tokens. ``packed``: one logits row
+    per live (slice, position) in random order, ``rows = -1`` elsewhere; else a full ``[R, L, V]``
+    output with a spare row nobody reads (:func:`full_form`). A fraction ``bad`` of the rows holds a
+    NaN, a +inf or only -inf; the mask column is NaN or 7 (never read). Score rates make jump counts
+    ``K = 0, 1, 2`` all common."""
+    g = torch.Generator().manual_seed(seed)
+    mask_id = V // 2 if mask_id is None else mask_id
+    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), rule)
+    clean = torch.randint(0, V - 1, (B, L), generator=g)
+    clean = clean + (clean >= mask_id).to(torch.int64)  # never the mask
+    x0 = torch.where(torch.rand(B, L, generator=g) < prompt, clean, mask_id)
+    x0[0, : L // 3] = clean[0, : L // 3]
+    steps = torch.empty(W, B, dtype=torch.int64)
+    for b in range(B):
+        last = float(torch.rand(1, generator=g)) < final
+        start = max(0, N + 1 - W) if last else int(torch.randint(0, N + 1, (1,), generator=g))
+        run = torch.arange(start, start + W)
+        steps[:, b] = torch.where(run > N, -1, run)
+    steps = torch.where(torch.rand(W, B, generator=g) < passthrough, -1, steps)
+    steps[0, 0] = max(0, min(N, int(steps[0, 0])))
+    if packed:
+        live = (steps >= 0).unsqueeze(-1).expand(W, B, L)
+        rows = torch.full((W, B, L), -1, dtype=torch.int64)
+        rows[live] = torch.randperm(int(live.sum()), generator=g)
+        logits = torch.randn(int(live.sum()), V, generator=g) * 2.0
+    else:
+        R = W * B + 1
+        full = torch.randn(R, L, V, generator=g) * 2.0
+        logits, rows = full_form(full, torch.randperm(R, generator=g)[: W * B].view(W, B))
+    M = logits.shape[0]
+    for r in (torch.rand(M, generator=g) < bad).nonzero()[:, 0].tolist():
+        kind, col = int(torch.randint(0, 3, (1,), generator=g)), int(torch.randint(0, V, (1,), generator=g))
+        logits[r, col] = (float("nan"), float("inf"))[kind] if kind < 2 else 0.0
+        if kind == 2:
+            logits[r] = float("-inf")
+    logits[:, mask_id] = torch.where(torch.rand(M, generator=g) < 0.5, float("nan"), 7.0)
+    rate = tables.rate
+    if score:
+        rate = (torch.rand(N + 1, generator=g) * (0.6 if rule == "tweedie" else 2.5) / (V * 7.4)).to(torch.float32)
+    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0.expand(W, B, L), clean.expand(W, B, L))
+    seeds = noise.sample_seeds(seed, B)
+    case = dict(logits=logits.to(dtype), rows=rows, steps=steps, x0=x0, prev=prev.contiguous(), seeds=seeds,
+                cdf=tables.cdf, rate=rate)
+    return {**{k: v.to(device) for k, v in case.items()}, "mask_id": mask_id}
+
+
+def positional(case: dict, temperature: float = 1.0, rule: str = "first", score: bool = False,
+               argmax_final: bool = False, with_counts: bool = True) -> tuple:
+    """The op's positional arguments from a :func:`sweep_case` and the scalars."""
+    return (*case.values(), temperature, RULES.index(rule), score, argmax_final, with_counts)
 
 
 MISSING = (-1, -(2**40), "M", 2**40)  # row-map entries outside [0, M)

@@ -5,6 +5,7 @@ import torch
 import pit_sampler as ps
 from pit_sampler import ops
 from pit_sampler.rules import step_tables
+from sweep_inputs import sweep_case
 
 V, L, MASK = 6, 5, 5
 
@@ -268,14 +269,9 @@ def test_float64_denoiser_is_accepted_as_float32():
     assert torch.equal(a.tokens, b.tokens)
 
 
-def _sweep_args(W=2, B=3, M=None, Vv=V):
-    tab = step_tables(ps.LogLinear(), ps.time_grid(4), "reject")
-    M = W * B * L if M is None else M
-    return dict(
-        logits=torch.randn(M, Vv), rows=torch.arange(W * B * L).view(W, B, L), steps=torch.zeros(W, B, dtype=torch.long),
-        x0=torch.full((B, L), MASK), prev=torch.full((W, B, L), MASK), seeds=torch.arange(B), cdf=tab.cdf,
-        rate=tab.rate, mask_id=MASK,
-    )
+def _sweep_args(W=2, B=3):
+    case = sweep_case(W, B, L, V, 4, rule="reject", mask_id=MASK, packed=False)
+    return {**case, "logits": case["logits"][: W * B * L]}  # no spare row
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@
 * Each step unmasks exactly ``k_j`` positions of its block; no mask is left.
 * Random order with one position per step is an exact sampler of an oracle (chi-square).
 """
-import math
 
 import pytest
 import torch

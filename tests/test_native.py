@@ -18,12 +18,11 @@ import pytest
 import torch
 
 import pit_sampler as ps
-from pit_sampler import noise, ops, reference
+from pit_sampler import ops, reference
 from pit_sampler.backends import native
-from pit_sampler.rules import RULES, step_tables
-from pit_sampler.schedules import get_schedule, time_grid
+from pit_sampler.rules import RULES
 from pit_sampler.testing import make_oracle
-from sweep_inputs import assert_same, describe, full_form, random_case
+from sweep_inputs import assert_same, describe, positional, random_case, sweep_case
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -40,70 +39,6 @@ needs_cuda = pytest.mark.skipif(
 )
 
 
-def _case(seed, *, W, B, L, V, N, rule, mask_id, prompt=0.3, passthrough=0.2, bad=0.0, final=0.2, dtype=torch.float32):
-    """Random sweep arguments: a full output ``[R, L, V]`` with a row per slice (and a spare one), passed
-    packed (:func:`sweep_inputs.full_form`), prompts, pass-through slices, the final step N."""
-    g = torch.Generator().manual_seed(seed)
-    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), rule)
-    R = W * B + 1  # one spare row nobody reads
-    logits = torch.randn(R, L, V, generator=g) * 3.0
-    if bad:
-        rows_bad = torch.rand(R, L, generator=g) < bad
-        kind = torch.randint(0, 3, (R, L), generator=g)
-        col = torch.randint(0, V, (R, L), generator=g)
-        r, l = rows_bad.nonzero(as_tuple=True)
-        for i in range(len(r)):
-            k = int(kind[r[i], l[i]])
-            if k == 0:
-                logits[r[i], l[i], col[r[i], l[i]]] = float("nan")
-            elif k == 1:
-                logits[r[i], l[i], col[r[i], l[i]]] = float("inf")
-            else:
-                logits[r[i], l[i]] = float("-inf")
-    logits[:, :, mask_id] = torch.where(torch.rand(R, L, generator=g) < 0.5, float("nan"), 7.0)  # never read
-    logits, rows = full_form(logits, torch.randperm(R, generator=g)[: W * B].view(W, B))
-    steps = torch.randint(0, N, (W, B), generator=g).sort(0).values
-    steps = torch.where(torch.rand(W, B, generator=g) < final, N, steps)
-    steps = torch.where(torch.rand(W, B, generator=g) < passthrough, -1, steps)
-    x0 = torch.randint(0, V, (B, L), generator=g)
-    x0 = torch.where(torch.rand(B, L, generator=g) < prompt, x0, mask_id)
-    prev = torch.where(
-        torch.rand(W, B, L, generator=g) < 0.5, x0.expand(W, B, L), torch.randint(0, V, (W, B, L), generator=g)
-    )
-    seeds = noise.sample_seeds(seed, B)
-    return dict(
-        logits=logits.to(dtype),
-        rows=rows,
-        steps=steps,
-        x0=x0,
-        prev=prev,
-        seeds=seeds,
-        cdf=tables.cdf,
-        rate=tables.rate,
-        mask_id=mask_id,
-    )
-
-
-def _args(case, temperature, rule, score, argmax_final, with_counts=True):
-    return (*case.values(), temperature, RULES.index(rule), score, argmax_final, with_counts)
-
-
-def _assert_same(got, want, what):
-    names = ("states", "counts", "residual", "invalid")
-    for name, a, b in zip(names, got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape, (what, name)
-        assert torch.equal(a.cpu(), b.cpu()), (what, name, (a.cpu() != b.cpu()).nonzero()[:5].tolist())
-
-
-SHAPES = [  # (W, B, L, V, N)
-    (1, 1, 1, 2, 1),
-    (1, 3, 17, 37, 9),
-    (5, 2, 9, 131, 12),
-    (7, 1, 33, 64, 30),
-    (4, 4, 5, 1001, 6),
-]
-
-
 @needs_native
 def test_schemas_match_the_python_ops():
     for op in ("sweep", "unmask_table"):
@@ -115,28 +50,13 @@ def test_schemas_match_the_python_ops():
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
-@pytest.mark.parametrize("rule", RULES)
-def test_sweep_equals_reference(rule, score, dtype):
-    for i, (W, B, L, V, N) in enumerate(SHAPES):
-        mask_id = (0, V // 2, V - 1)[i % 3]
-        case = _case(100 * i + len(rule), W=W, B=B, L=L, V=V, N=N, rule=rule, mask_id=mask_id, dtype=dtype)
-        for temperature, argmax_final in ((1.0, False), (0.7, True)):
-            args = _args(case, temperature, rule, score, argmax_final)
-            _assert_same(
-                torch.ops.pit_sampler_native.sweep(*args), reference.sweep(*args), (W, B, L, V, N, temperature)
-            )
-
-
-@needs_native
 @pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
 def test_bad_rows_are_counted_and_stay_masked(score):
-    case = _case(7, W=6, B=3, L=40, V=29, N=8, rule="first", mask_id=5, prompt=0.1, bad=0.3, final=0.4)
+    case = sweep_case(W=6, B=3, L=40, V=29, N=8, seed=7, mask_id=5, prompt=0.1, bad=0.3, final=0.4, packed=False)
     case["logits"] = case["logits"].t().contiguous().t()  # strided input (vocab stride M)
-    args = _args(case, 1.0, "first", score, False)
+    args = positional(case, 1.0, "first", score, False)
     got = torch.ops.pit_sampler_native.sweep(*args)
-    _assert_same(got, reference.sweep(*args), "bad rows")
+    assert_same(got, reference.sweep(*args), "bad rows")
     assert got[3].sum() > 0
     assert int(got[0].max()) < 29 and int(got[0].min()) >= 0
 
@@ -145,22 +65,10 @@ def test_bad_rows_are_counted_and_stay_masked(score):
 def test_large_vocab_uses_every_philox_word():
     """V = 32000 rows (the shortcuts skip most tokens), fp32 and bf16, against the reference."""
     for dtype in (torch.float32, torch.bfloat16):
-        case = _case(
-            3,
-            W=2,
-            B=2,
-            L=3,
-            V=32003,
-            N=3,
-            rule="first",
-            mask_id=17,
-            prompt=0.0,
-            passthrough=0.0,
-            final=0.5,
-            dtype=dtype,
-        )
-        args = _args(case, 1.0, "first", False, False)
-        _assert_same(torch.ops.pit_sampler_native.sweep(*args), reference.sweep(*args), dtype)
+        case = sweep_case(W=2, B=2, L=3, V=32003, N=3, rule="first", dtype=dtype, seed=3, mask_id=17, prompt=0.0,
+                          passthrough=0.0, final=0.5, packed=False)
+        args = positional(case, 1.0, "first", False, False)
+        assert_same(torch.ops.pit_sampler_native.sweep(*args), reference.sweep(*args), dtype)
 
 
 @needs_native
@@ -175,29 +83,17 @@ def test_temperature_is_a_float32_multiply_by_its_inverse():
     i = int(((a * inv_t == b * inv_t) & (a / T != b / T)).nonzero()[0])
     logits = torch.full((1, 5), -float("inf"))
     logits[0, 1], logits[0, 2] = b[i], a[i]  # b < a, but b * inv_t == a * inv_t
-    case = _case(0, W=1, B=1, L=1, V=5, N=2, rule="first", mask_id=0, prompt=0.0, passthrough=0.0, final=1.0)
-    args = _args({**case, "logits": logits, "rows": torch.zeros(1, 1, 1, dtype=torch.int64)}, T, "first", False, True)
+    case = sweep_case(W=1, B=1, L=1, V=5, N=2, seed=0, mask_id=0, prompt=0.0, passthrough=0.0, final=1.0, packed=False)
+    args = positional({**case, "logits": logits, "rows": torch.zeros(1, 1, 1, dtype=torch.int64)}, T, "first", False, True)
     got = torch.ops.pit_sampler_native.sweep(*args)
-    _assert_same(got, reference.sweep(*args), "temperature")
+    assert_same(got, reference.sweep(*args), "temperature")
     assert int(got[0][0, 0, 0]) == 1
 
 
 @needs_native
-@pytest.mark.parametrize("rule", RULES)
-def test_unmask_table_equals_reference(rule):
-    for seed, (B, L, N) in enumerate([(1, 1, 1), (3, 29, 17), (2, 100, 257)]):
-        g = torch.Generator().manual_seed(seed)
-        cdf = step_tables(get_schedule("cosine"), time_grid(N, "uniform"), rule).cdf
-        x = torch.where(torch.rand(B, L, generator=g) < 0.7, 4, torch.randint(0, 9, (B, L), generator=g))
-        seeds = torch.randint(-(2**62), 2**62, (B,), generator=g)
-        got = torch.ops.pit_sampler_native.unmask_table(x, seeds, cdf, 4, RULES.index(rule))
-        assert torch.equal(got, reference.unmask_table(x, seeds, cdf, 4, RULES.index(rule)))
-
-
-@needs_native
 def test_the_ops_pick_native_on_cpu_and_can_be_forced():
-    case = _case(1, W=2, B=2, L=6, V=11, N=4, rule="reject", mask_id=10)
-    args = _args(case, 1.0, "reject", False, False)
+    case = sweep_case(W=2, B=2, L=6, V=11, N=4, rule="reject", seed=1, mask_id=10, packed=False)
+    args = positional(case, 1.0, "reject", False, False)
     with ops.use_backend("auto"):
         ops.sweep(*args)
         assert ops.last_backend() == "native"
@@ -211,20 +107,21 @@ def test_the_ops_pick_native_on_cpu_and_can_be_forced():
 def test_out_of_range_steps_and_rows_are_flagged():
     """A slice with steps > N (bad slice) and one whose positions read rows outside [0, M) (missing rows)
     are flagged (invalid = -1), not raised on or read; a bad argument raises naming it."""
-    case = _case(2, W=2, B=2, L=6, V=11, N=4, rule="first", mask_id=10, prompt=0.0, passthrough=0.0, final=1.0)
-    steps, rows = case["steps"].clone(), case["rows"].clone()
+    case = sweep_case(W=2, B=2, L=6, V=11, N=4, seed=2, mask_id=10, prompt=0.0, passthrough=0.0, final=1.0,
+                      packed=False)
+    steps, rows = torch.full_like(case["steps"], 4), case["rows"].clone()  # every slice the final fill
     steps[1, 0] = 99
     rows[0, 1] = torch.tensor([-1, 1000, 2**40, -(2**40), 0, 1])
-    args = _args({**case, "steps": steps, "rows": rows}, 1.0, "first", False, False)
+    args = positional({**case, "steps": steps, "rows": rows}, 1.0, "first", False, False)
     got = torch.ops.pit_sampler_native.sweep(*args)
-    _assert_same(got, reference.sweep(*args), "flags")
+    assert_same(got, reference.sweep(*args), "flags")
     assert got[3][1, 0] == -1 and got[3][0, 1] == -1
     assert bool((got[0][0, 1, :4] == 10).all()) and bool((got[0][0, 1, 4:] != 10).all())
     for change, name in (({"logits": case["logits"].double()}, "logits"), ({"logits": case["logits"][None]}, "logits"),
                          ({"rows": case["rows"][:, :, :-1]}, "rows"), ({"prev": case["prev"][:, :1]}, "prev"),
                          ({"prev": torch.cat([case["prev"], case["prev"]])}, "prev")):
         with pytest.raises(RuntimeError, match=name):
-            torch.ops.pit_sampler_native.sweep(*_args({**case, **change}, 1.0, "first", False, False))
+            torch.ops.pit_sampler_native.sweep(*positional({**case, **change}, 1.0, "first", False, False))
 
 
 @needs_native
@@ -233,19 +130,19 @@ def test_strided_logits_equal_contiguous(score):
     """Packed logits read in place through their strides give the contiguous result: padded-vocab views
     (rows start anywhere), a transposed one (vocab stride M), an odd storage offset, and rows repeated
     by a zero row stride."""
-    case = _case(11, W=3, B=2, L=5, V=131, N=6, rule="first", mask_id=65, prompt=0.2, bad=0.1)
+    case = sweep_case(W=3, B=2, L=5, V=131, N=6, seed=11, mask_id=65, prompt=0.2, bad=0.1, packed=False)
     M, V = case["logits"].shape
-    want = torch.ops.pit_sampler_native.sweep(*_args(case, 0.7, "first", score, False))
+    want = torch.ops.pit_sampler_native.sweep(*positional(case, 0.7, "first", score, False))
     padded = torch.randn(M, V + 61)
     transposed = torch.empty(V, M).t()
     offset = torch.empty(3 + M * V)[3:].view(M, V)
     for view in (padded[:, 5 : 5 + V], padded[:, :V], transposed, offset):
         view.copy_(case["logits"])
-        got = torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": view}, 0.7, "first", score, False))
-        _assert_same(got, want, view.stride())
+        got = torch.ops.pit_sampler_native.sweep(*positional({**case, "logits": view}, 0.7, "first", score, False))
+        assert_same(got, want, view.stride())
     one = case["logits"][3:4]
-    got = torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": one.expand(M, V)}, 0.7, "first", score, False))
-    _assert_same(got, torch.ops.pit_sampler_native.sweep(*_args({**case, "logits": one.repeat(M, 1)}, 0.7, "first",
+    got = torch.ops.pit_sampler_native.sweep(*positional({**case, "logits": one.expand(M, V)}, 0.7, "first", score, False))
+    assert_same(got, torch.ops.pit_sampler_native.sweep(*positional({**case, "logits": one.repeat(M, 1)}, 0.7, "first",
                                                                  score, False)), "stride 0")
 
 
@@ -376,28 +273,6 @@ def test_cuda_binding_compiles(tmp_path):
     ] + [f"-I{p}" for p in include_paths()]
     result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
-@pytest.mark.parametrize("rule", RULES)
-def test_cuda_sweep_equals_reference(rule, score, dtype):
-    for i, (W, B, L, V, N) in enumerate(SHAPES + [(3, 2, 4, 32003, 3)]):
-        mask_id = (0, V // 2, V - 1)[i % 3]
-        case = _case(100 * i + len(rule), W=W, B=B, L=L, V=V, N=N, rule=rule, mask_id=mask_id, dtype=dtype, bad=0.05)
-        for temperature, argmax_final in ((1.0, False), (0.7, True)):
-            args = _args(case, temperature, rule, score, argmax_final)
-            cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-            _assert_same(torch.ops.pit_sampler_native.sweep(*cuda_args), reference.sweep(*args), (W, B, L, V, N))
-        x = case["x0"]
-        table = torch.ops.pit_sampler_native.unmask_table(
-            x.cuda(), case["seeds"].cuda(), case["cdf"].cuda(), mask_id, RULES.index(rule)
-        )
-        assert torch.equal(
-            table.cpu(), reference.unmask_table(x, case["seeds"], case["cdf"], mask_id, RULES.index(rule))
-        )
 
 
 @pytest.mark.gpu

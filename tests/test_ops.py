@@ -8,27 +8,20 @@ import pytest
 import torch
 
 from pit_sampler import noise, ops
-from pit_sampler.rules import RULES, step_tables
+from pit_sampler.rules import step_tables
 from pit_sampler.schedules import get_schedule, time_grid
+from sweep_inputs import positional, sweep_case
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ["reference"] + (["triton"] if "triton" in ops.available_backends(DEVICE) else [])
 
 
 def _sweep_args(score: bool, seed: int = 0, with_counts: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    B, L, V, W, N, mask_id = 2, 3, 7, 2, 5, 6
-    tables = step_tables(get_schedule("cosine"), time_grid(N), "first")
-    x0 = torch.full((B, L), mask_id)
-    x0[0, 0] = 3
-    steps = torch.tensor([[2, 5], [3, -1]])
-    rows = torch.tensor([[[0, 3, 1], [4, 2, 2]], [[1, -1, 0], [-1, -1, -1]]])  # packed rows, repeats, holes
-    logits = torch.randn(5, V, generator=g)
-    rate = torch.full((N + 1,), 0.05, dtype=torch.float32)
-    prev = x0.expand(W - 1, B, L).clone()  # P = W - 1: the last slice has no previous iterate
-    args = (logits, rows, steps, x0, prev, noise.sample_seeds(seed, B), tables.cdf,
-            rate if score else tables.rate, mask_id, 1.0, RULES.index("first"), score, False, with_counts)
-    return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+    """Packed rows with holes, a prompt, pass-through slices; ``P = W - 1`` (the last slice has no
+    previous iterate)."""
+    case = sweep_case(3, 2, 3, 7, 5, rule="first", score=score, seed=seed, mask_id=6, device=DEVICE)
+    case["prev"] = case["prev"][:2].contiguous()
+    return positional(case, 1.0, "first", score, False, with_counts)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,7 +4,9 @@ Without a GPU they run in Triton's interpreter (``tests/conftest.py`` sets ``TRI
 so sizes stay small; with a GPU the same tests run the compiled kernels on CUDA tensors. Every case
 draws fresh random logits (never zeros) and compares ``states``, ``counts``, ``residual`` and
 ``invalid`` with :func:`pit_sampler.reference.sweep`, and the unmask table with
-:func:`pit_sampler.reference.unmask_table`.
+:func:`pit_sampler.reference.unmask_table`. The plain equality over rules, parametrizations and
+dtypes is tests/test_backends.py (every backend); this file covers what is Triton's own: tiles,
+launch configurations, the noise helpers, invalid rows under every configuration.
 """
 import pytest
 import torch
@@ -14,6 +16,7 @@ from pit_sampler import noise, ops, reference
 from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import get_schedule, time_grid
 from pit_sampler.testing import make_oracle
+from sweep_inputs import positional, sweep_case
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = [
@@ -90,38 +93,9 @@ def test_gumbel_transform_over_the_whole_range():
 # ---------------------------------------------------------------------------------------------
 def _sweep_case(B, L, V, W, N, rule, score, dtype, seed, mask_id=None, temperature=1.0, argmax_final=False,
                 with_counts=True):
-    """A window with prompts, already-unmasked positions, pass-through slices and the final step; logits
-    are packed rows (one per live slice and position, in random order), ``rows`` maps every position of
-    a live slice to its row and is ``-1`` elsewhere."""
-    g = torch.Generator().manual_seed(seed)
-    mask_id = V // 2 if mask_id is None else mask_id
-    tables = step_tables(get_schedule("loglinear"), time_grid(N), rule)
-    x0 = torch.full((B, L), mask_id, dtype=torch.int64)
-    clean = torch.randint(0, V - 1, (B, L), generator=g)
-    clean = clean + (clean >= mask_id).to(torch.int64)  # never the mask
-    x0[0, : max(1, L // 3)] = clean[0, : max(1, L // 3)]  # a prompt
-    keep = torch.rand(B, L, generator=g) < 0.25  # positions already unmasked
-    keep[0] = False
-    x0 = torch.where(keep, clean, x0)
-    steps = torch.full((W, B), -1, dtype=torch.int64)
-    for b in range(B):
-        n = W if b % 3 != 2 else max(1, W - 2)  # some samples pass their last slices through
-        start = int(torch.randint(0, N + 1, (1,), generator=g)) if b != 1 else N + 1 - min(n, N + 1)
-        chosen = torch.arange(start, min(N + 1, start + n))  # consecutive steps; b = 1 ends on the final fill
-        steps[: len(chosen), b] = chosen
-    live = (steps >= 0).unsqueeze(-1).expand(W, B, L)
-    rows = torch.full((W, B, L), -1, dtype=torch.int64)
-    rows[live] = torch.randperm(int(live.sum()), generator=g)
-    logits = torch.randn(int(live.sum()), V, generator=g) * 2.0
-    rate = tables.rate
-    if score:  # score rates that make K = 0, 1 and 2 all common (the schedule's own are extreme here)
-        total = V * float(torch.exp(torch.tensor(2.0)))  # E[sum exp(s)] for s ~ N(0, 4)
-        rate = (torch.rand(N + 1, generator=g) * (0.6 if rule == "tweedie" else 2.5) / total).to(torch.float32)
-    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0, clean)
-    seeds = torch.randint(-(2**62), 2**62, (B,), generator=g, dtype=torch.int64)
-    args = (logits.to(dtype), rows, steps, x0, prev, seeds, tables.cdf, rate, mask_id, temperature,
-            RULES.index(rule), score, argmax_final, with_counts)
-    return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+    """:func:`sweep_inputs.sweep_case` (packed rows) on ``DEVICE``, as the op's positional arguments."""
+    case = sweep_case(W, B, L, V, N, rule=rule, score=score, dtype=dtype, seed=seed, mask_id=mask_id, device=DEVICE)
+    return positional(case, temperature, rule, score, argmax_final, with_counts)
 
 
 def _check_sweep(args, config=None):
@@ -136,24 +110,6 @@ def _check_sweep(args, config=None):
 def _small_tiles():
     """Several vocabulary tiles per row at test sizes under the interpreter; a GPU runs its defaults."""
     return None if DEVICE.type == "cuda" else triton_sweep.SweepConfig(block_v=16, num_warps=1, target_programs=64)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("window", [1, 5])
-def test_sweep_mean_matches_reference(rule, dtype, window):
-    args = _sweep_case(B=3, L=9, V=37, W=window, N=7, rule=rule, score=False, dtype=dtype, seed=window)
-    states = _check_sweep(args)[0]
-    assert bool((states != args[3].unsqueeze(0)).any())  # something was drawn
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("window", [1, 3])
-def test_sweep_score_matches_reference(rule, dtype, window):
-    args = _sweep_case(B=2, L=5, V=23, W=window, N=5, rule=rule, score=True, dtype=dtype, seed=10 + window)
-    counts = _check_sweep(args)[1]
-    assert bool((counts > 0).any())
 
 
 @pytest.mark.parametrize("V", [71, 72])
