@@ -204,43 +204,41 @@ __device__ Draw draw_row(const T* __restrict__ row, long long stride, long long 
   return Draw{bad, best.index == kNoIndex ? 0 : best.index};
 }
 
+// Calls f(x_v) for this thread's share of the tokens v != mask of a row (raw values, loaded in groups).
+template <typename T, typename F>
+__device__ void for_each_token(const T* __restrict__ row, long long stride, long long V, long long mask_id, F&& f) {
+  constexpr int n = Elem<T>::kPerLoad;
+  const bool vector_ok = stride == 1 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
+  const long long groups = (V + n - 1) / n;
+  for (long long g = threadIdx.x; g < groups; g += kThreads) {
+    float x[n];
+    load_group<T>(row, stride, g * n, V, vector_ok, x);
+#pragma unroll
+    for (int k = 0; k < n; ++k) {
+      const long long v = g * n + k;
+      if (v < V && v != mask_id) f(x[k]);
+    }
+  }
+}
+
 // Block-wide row check (on the scaled values x * inv_t) and lambda = rate * sum_{v != mask} exp(x_v) (via
 // the log-sum-exp of the raw values) of a score row.
 template <typename T>
 __device__ bool score_lambda(const T* __restrict__ row, long long stride, long long V, long long mask_id,
                              float inv_t, float rate, Shared& shared, float& lambda) {
-  constexpr int n = Elem<T>::kPerLoad;
-  const bool vector_ok = stride == 1 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
-  const long long groups = (V + n - 1) / n;
   bool nonfinite_hi = false, above_neg_inf = false;
   float m = -INFINITY;
-  for (long long g = threadIdx.x; g < groups; g += kThreads) {
-    float x[n];
-    load_group<T>(row, stride, g * n, V, vector_ok, x);
-#pragma unroll
-    for (int k = 0; k < n; ++k) {
-      const long long v = g * n + k;
-      if (v < V && v != mask_id) {
-        const float s = inv_t == 1.0f ? x[k] : x[k] * inv_t;
-        nonfinite_hi |= !(s < INFINITY);
-        above_neg_inf |= s > -INFINITY;
-        m = fmaxf(m, x[k]);
-      }
-    }
-  }
+  for_each_token(row, stride, V, mask_id, [&](float x) {
+    const float s = inv_t == 1.0f ? x : x * inv_t;
+    nonfinite_hi |= !(s < INFINITY);
+    above_neg_inf |= s > -INFINITY;
+    m = fmaxf(m, x);
+  });
   const bool bad = __syncthreads_or(nonfinite_hi) || !__syncthreads_or(above_neg_inf);
   if (bad) return true;
   m = block_reduce(m, true, shared.value);
   float sum = 0.0f;
-  for (long long g = threadIdx.x; g < groups; g += kThreads) {
-    float x[n];
-    load_group<T>(row, stride, g * n, V, vector_ok, x);
-#pragma unroll
-    for (int k = 0; k < n; ++k) {
-      const long long v = g * n + k;
-      if (v < V && v != mask_id) sum += expf(x[k] - m);
-    }
-  }
+  for_each_token(row, stride, V, mask_id, [&](float x) { sum += expf(x - m); });
   sum = block_reduce(sum, false, shared.value);
   lambda = rate * expf(logf(sum) + m);
   return false;

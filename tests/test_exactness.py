@@ -28,18 +28,28 @@ def _x_init(oracle, batch, prompt, seed):
     return x
 
 
+def _naive_steps(x, seed, times, mask_id):
+    """The spec's loop: for each step ``j = 0..N`` at which ``x`` (updated in place by the caller)
+    still has a mask, ``(j, masked [B, L], u [B, L])`` with ``u`` the float64 jump uniform of
+    (seed, step, position); also returns the per-sample seeds."""
+    seeds = noise.sample_seeds(seed, x.shape[0])
+    positions = torch.arange(x.shape[1])
+
+    def steps():
+        for j in range(len(times)):
+            masked = x == mask_id
+            if masked.any():
+                yield j, masked, (noise.jump_bits(seeds[:, None], torch.tensor(j), positions[None]).double() + 0.5) / 2**32
+
+    return seeds, steps()
+
+
 def naive_tau_leaping(denoiser, x, seed, schedule, times, rule, mask_id, temperature=1.0, final="sample"):
     """The spec, literally: every step in order for the whole batch, float64 rule probabilities."""
     x = x.clone()
-    B, L = x.shape
-    seeds = noise.sample_seeds(seed, B)
-    positions = torch.arange(L)
-    N = len(times) - 1
-    for j in range(N + 1):
-        masked = x == mask_id
-        if not masked.any():
-            continue
-        u = (noise.jump_bits(seeds[:, None], torch.tensor(j), positions[None]).double() + 0.5) / 2**32
+    B, N = x.shape[0], len(times) - 1
+    seeds, steps = _naive_steps(x, seed, times, mask_id)
+    for j, masked, u in steps:
         if j == N:
             go = masked
         elif rule == "tweedie":
@@ -103,18 +113,12 @@ def naive_score_tau_leaping(scores, x, seed, schedule, times, rule, mask_id):
     ``K == 1``; ``first``: iff ``K >= 1``), or, for ``tweedie``, it unmasks with probability
     ``min(1, (alpha(t_{j+1}) / alpha(t_j) - 1) sum_v exp(s_v))``; the token is Gumbel-max over ``s``."""
     x = x.clone()
-    B, L = x.shape
-    seeds = noise.sample_seeds(seed, B)
-    positions = torch.arange(L)
-    N = len(times) - 1
-    for j in range(N + 1):
-        masked = x == mask_id
-        if not masked.any():
-            continue
+    B, N = x.shape[0], len(times) - 1
+    seeds, steps = _naive_steps(x, seed, times, mask_id)
+    for j, masked, u in steps:
         s = scores(x, torch.full((B,), float(times[j]))).float()
         s[:, :, mask_id] = float("-inf")
         total = torch.exp(torch.logsumexp(s.double(), -1))
-        u = (noise.jump_bits(seeds[:, None], torch.tensor(j), positions[None]).double() + 0.5) / 2**32
         if j == N:
             go = masked
         elif rule == "tweedie":
