@@ -249,11 +249,25 @@ class _Sampler:
         (positions changed per slice, summed over the batch), ``V`` the vocabulary size the denoiser
         returned (later rounds must return the same)."""
         W = window.shape[0] - 1
-        _, B, L = window.shape
+        L = window.shape[2]
         n = _spans(W)
-        plan = Plan(plan_steps, total, rank)
-        steps = plan.window_steps(pos, n)  # [n, B]
+        steps = Plan(plan_steps, total, rank).window_steps(pos, n)  # [n, B]
         live = steps[:W] >= 0
+        states, residual, invalid, V = self._window_sweep(window, pos, steps, rank, seeds, times, spec, budget,
+                                                          top_token, vocab)
+        iters = iters + live[0]
+        accept = self._accept(residual, live, iters, L)
+        accepted = torch.arange(W, device=window.device).unsqueeze(1) < accept.unsqueeze(0)
+        err = record_errors(err, invalid[:W], accepted, steps[:W])
+        return slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err, \
+            residual.sum(1, dtype=torch.int32), V
+
+    def _window_sweep(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab):
+        """The denoiser call on ``window[:W]`` and the sweep over its ``n`` slices: ``(states [n, B, L],
+        residual [W, B], invalid [n, B], V)``."""
+        W = window.shape[0] - 1
+        _, B, L = window.shape
+        n = steps.shape[0]
         xs = window[:W].reshape(W * B, L)
         ts = times[steps[:W].clamp(min=0)].reshape(W * B)
         if not self.positions:
@@ -267,17 +281,16 @@ class _Sampler:
                 index, rows = rowmaps.mean_rows(rank, pos, n, W, budget)
             logits = self.denoiser(xs, ts, positions=index)
             shape = (index.shape[0],)
+        logits = self._checked(logits, shape, xs.device, top_token, vocab)
+        states, _, residual, invalid = spec(logits, rows, steps, window[0], window[1:], seeds)
+        return states, residual, invalid, logits.shape[-1]
+
+    def _checked(self, logits, shape, device, top_token, vocab) -> Tensor:
+        """The denoiser's output checked (:meth:`_check_logits`), as packed float rows ``[M, V]``."""
         if isinstance(logits, Tensor) and logits.dtype == torch.float64:
             logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
-        self._check_logits(logits, shape, xs.device, top_token, vocab)
-        states, _, residual, invalid = spec(logits.reshape(-1, logits.shape[-1]), rows, steps, window[0],
-                                            window[1:], seeds)
-        iters = iters + live[0]
-        accept = self._accept(residual, live, iters, L)
-        accepted = torch.arange(W, device=xs.device).unsqueeze(1) < accept.unsqueeze(0)
-        err = record_errors(err, invalid[:W], accepted, steps[:W])
-        return slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err, \
-            residual.sum(1, dtype=torch.int32), logits.shape[-1]
+        self._check_logits(logits, shape, device, top_token, vocab)
+        return logits.reshape(-1, logits.shape[-1])
 
     # -- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()

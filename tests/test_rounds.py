@@ -164,7 +164,9 @@ def test_positions_path_equals_full_path_and_sequential(backend, parametrization
                 assert torch.equal(got.tokens, want), (rule, cls.__name__, extra)
                 assert gathered.requested  # the positions path ran
                 full = cls(oracle, **extra, **kw).sample(x, seed=5)
-                assert torch.equal(full.tokens, want) and full.rounds == got.rounds
+                assert torch.equal(full.tokens, want)
+                if extra.get("window") != "auto":  # auto's windows follow the measured wall time
+                    assert full.rounds == got.rounds
 
 
 class _FlatLogits:
