@@ -31,15 +31,15 @@ import torch
 from torch import Tensor
 
 
-def slice_rows(n: int, W: int, B: int, device) -> Tensor:
-    """int64 ``[n, 1]``: the denoiser row offset ``min(u, W - 1) * B`` of each sweep slice ``u``."""
-    return (torch.arange(n, device=device).clamp(max=W - 1) * B).unsqueeze(1)
-
-
-def full_rows(n: int, W: int, B: int, L: int, device) -> Tensor:
-    """int64 ``[n, B, L]``: ``(min(u, W - 1) * B + b) * L + l``, for logits ``[W * B, L, V]`` viewed flat."""
-    b = torch.arange(B, device=device).unsqueeze(1)
-    return ((slice_rows(n, W, B, device) + b.T).unsqueeze(2) * L + torch.arange(L, device=device)).expand(n, B, L)
+def full_rows(n: int, W: int, B: int, L: int, device, owned: tuple[int, int] | None = None) -> Tensor:
+    """int64 ``[n, B, L]``: ``(min(u, W - 1) * B + b) * L + l``, for logits ``[W * B, L, V]`` viewed flat.
+    ``owned = (lo, hi)``: only slices ``lo <= u < hi`` have rows, from a call on ``window[lo:]``
+    (logits ``[(min(hi, W) - lo) * B, L, V]``); the others get ``-1``."""
+    lo, hi = owned or (0, n)
+    u = torch.arange(n, device=device).view(n, 1, 1)
+    b = torch.arange(B, device=device).view(1, B, 1)
+    rows = ((u.clamp(max=W - 1) - lo) * B + b) * L + torch.arange(L, device=device)
+    return torch.where((u >= lo) & (u < hi), rows, -1).expand(n, B, L)
 
 
 def _pack(keep: Tensor, budget: int) -> tuple[Tensor, Tensor]:
@@ -57,19 +57,22 @@ def _scatter(size: int, where: Tensor, index: Tensor, values: Tensor, fill: int)
     return out[:size]
 
 
-def mean_rows(rank: Tensor, pos: Tensor, n: int, W: int, budget: int) -> tuple[Tensor, Tensor]:
+def mean_rows(rank: Tensor, pos: Tensor, n: int, W: int, budget: int,
+              owned: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """``(index [budget], rows [n, B, L])`` for the positions drawn by sweep slices ``0..n-1``:
     position ``l`` of sample ``b`` is drawn by slice ``u = rank[b, l] - pos[b]`` when ``0 <= u < n``,
-    evaluated at denoiser row ``min(u, W - 1) * B + b``."""
+    evaluated at denoiser row ``min(u, W - 1) * B + b``. ``owned = (lo, hi)``: only the draws of
+    slices ``lo <= u < hi``, from a call on ``window[lo:]`` (row ``(min(u, W - 1) - lo) * B + b``)."""
     B, L = rank.shape
     device = rank.device
+    lo, hi = owned or (0, n)
     u = rank - pos.unsqueeze(1)
-    drawn = ((rank >= 0) & (u >= 0) & (u < n)).reshape(-1)
+    drawn = ((rank >= 0) & (u >= lo) & (u < hi)).reshape(-1)
     dest, fits = _pack(drawn, budget)
     u = u.clamp(0, n - 1)
     b = torch.arange(B, device=device).unsqueeze(1)
     l = torch.arange(L, device=device)
-    source = ((u.clamp(max=W - 1) * B + b) * L + l).reshape(-1)
+    source = (((u.clamp(max=W - 1) - lo).clamp(min=0) * B + b) * L + l).reshape(-1)
     index = _scatter(budget, fits, dest, source, 0)
     target = ((u * B + b) * L + l).reshape(-1)
     rows = _scatter(n * B * L, fits, target, dest, -1).view(n, B, L)

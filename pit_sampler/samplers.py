@@ -323,8 +323,9 @@ class _Sampler:
         return sorted({top} | {1 << k for k in range(top.bit_length()) if (1 << k) <= top})
 
     def _budget(self, info: dict, keep: list[int], W: int) -> int:
-        """Packed logits rows a round needs at most until the next poll (positions protocol)."""
-        if not self.positions:
+        """Packed logits rows a round needs at most until the next poll (positions protocol), or the
+        most tokens it draws (:attr:`_draws_known` without the protocol)."""
+        if not (self.positions or self._draws_known):
             return 0
         if self.config.score:
             need = sum(info["masked"][i] for i in keep)
@@ -332,6 +333,22 @@ class _Sampler:
             need = sum(info[f"draws{_spans(W)}"][i] for i in keep)
         need = max(1, need)
         return _pow2_at_least(need) if self._buckets else need
+
+    @property
+    def _draws_known(self) -> bool:
+        """Whether the run plans which positions each step draws (``Plan.rank``) and bounds the draws
+        of a window (the positions protocol's mean path needs both)."""
+        return self.positions and not self.config.score
+
+    def _call_rows(self, W: int, B: int) -> int:
+        """Denoiser rows (states) one round evaluates: the window of every sample."""
+        return W * B
+
+    def _logits_rows(self, W: int, B: int, L: int, budget: int) -> int:
+        """Logits rows one round materialises: every position of every row, or the packed request."""
+        if not self.positions:
+            return W * B * L
+        return (W if self.config.score else 1) * budget
 
     @property
     def _buckets(self) -> bool:
@@ -344,9 +361,9 @@ class _Sampler:
         spec, times = self._device_tables(device)
         top_token, vocab = self._probe_vocab(x_init, times)
         plan = make_plan(x_init, seeds, self.tables.to(device), self.config.mask_id, self.config.num_steps,
-                         skip_inactive=self.config.skips_inactive, need_rank=self.positions and not self.config.score)
+                         skip_inactive=self.config.skips_inactive, need_rank=self._draws_known)
         policy = self._window_policy(x_init)
-        spans = {_spans(w) for w in self._windows(policy)} if self.positions and not self.config.score else set()
+        spans = {_spans(w) for w in self._windows(policy)} if self._draws_known else set()
         batch = _Batch(list(range(B)), x_init.unsqueeze(0).expand(2, B, L).clone(),
                        torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int64, device=device),
                        torch.full((B,), -1, dtype=torch.int64, device=device), seeds, plan,
@@ -396,8 +413,8 @@ class _Sampler:
                         f"denoiser returned vocab size V={V}, but it returned V={returned} earlier in this run")
                 residuals.append(residual)
                 windows.append(W)
-                rows += W * len(batch.slots)
-                logits_rows += W * len(batch.slots) * L if not self.positions else (W if self.config.score else 1) * budget
+                rows += self._call_rows(W, len(batch.slots))
+                logits_rows += self._logits_rows(W, len(batch.slots), L, budget)
             rounds += todo
             if self.polls:
                 info = batch.read(self.config.mask_id)
