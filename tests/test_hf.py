@@ -386,3 +386,10 @@ def test_from_pretrained_and_batch_invariance(tmp_path):
     assert den.pad_id == PAD and len(den.tokenizer) == len(tok) and set(range(21, TV)) <= set(den.suppress_ids)
     x = padded(RAGGED)
     assert check_batch_invariance(den, x, torch.ones(3))
+
+
+def test_padding_adapter_compiles_without_graph_breaks():
+    den = HFMaskedLM(build_tok_model("distilbert", torch.float32), tokenizer=make_tokenizer())
+    x = padded(RAGGED)
+    assert_compiles(den, x, torch.ones(3))
+    assert_compiles(den, x, torch.ones(3), positions=torch.tensor([3, 4, 4, 20]))

@@ -234,3 +234,10 @@ def test_truncated_denoiser_follows_the_positions_protocol():
     full = assert_positions_match(den, x, torch.ones(3))
     assert bool((torch.isfinite(full[x == MASK]).sum(-1) == 2).all())  # the two largest of each masked row
     assert not TruncatedDenoiser(ORACLE, top_k=2).supports_positions  # a plain callable offers no positions
+
+
+def test_traces_without_graph_breaks():
+    """The sampler applies it inside a round compiled with fullgraph=True."""
+    from positions_checks import assert_compiles
+
+    assert_compiles(truncate_logits, random_rows(6, 33, torch.float32, seed=9), 5, 0.8, 0.7, 3)
