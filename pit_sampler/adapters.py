@@ -22,7 +22,8 @@ producing garbage samples:
 * :class:`HFMaskedLM`: Hugging Face style ``model(input_ids=x, **model_kwargs)`` returning an
   object (or dict) with ``.logits``: masked-LM heads (BERT-style) and LLaDA, time-agnostic; with a
   tokenizer (mask id, padded-vocabulary and special-token suppression), ``pad_id`` (each call's
-  attention mask built from its own rows) and the training ``schedule``. With positions, the vocabulary projection (``model.get_output_embeddings()``) runs only on the selected
+  attention mask built from its own rows) and the training ``schedule``. With positions, the
+  vocabulary projection (``model.get_output_embeddings()``) runs only on the selected
   hidden states (:class:`OutputProjection`).
 * :class:`SEDDScoreModel`: SEDD-style ``model(x, sigma_bar) -> log-scores`` ``s_v``; the sampler
   must run with ``parametrization="score"`` (the rate to ``v`` is ``sigma(t) exp(s_v)``).

@@ -242,7 +242,8 @@ def generate(
     elif isinstance(model, nn.Module):
         den = HFMaskedLM(model, tokenizer=tokenizer)
     else:
-        raise TypeError(f"model must be an adapter (e.g. HFMaskedLM) or a Hugging Face model, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an adapter (e.g. HFMaskedLM) or a Hugging Face model, got {type(model).__name__}")
     if tokenizer is None:
         tokenizer = getattr(den, "tokenizer", None)
     mask_id = getattr(den, "mask_id", None)
@@ -252,7 +253,8 @@ def generate(
     # -- arguments ---------------------------------------------------------------------------------
     if gen_length is not None:
         if max_new_tokens is not None and max_new_tokens != gen_length:
-            raise ValueError(f"max_new_tokens={max_new_tokens} and gen_length={gen_length} disagree (they are one setting)")
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} and gen_length={gen_length} disagree (they are one setting)")
         max_new_tokens = gen_length
     if not (max_new_tokens is None or (is_int(max_new_tokens) and max_new_tokens >= 0)):
         raise ValueError(f"max_new_tokens must be None or an int >= 0, got {max_new_tokens!r}")

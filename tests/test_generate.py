@@ -49,6 +49,7 @@ def test_text_in_text_out(model, tok):
     assert out.seeds.shape == (1,) and out.rounds == out.results[0].rounds >= 1
     seq = generate(model, tok, "the cat", max_new_tokens=5, seed=0, num_steps=STEPS, sampler="sequential")
     assert torch.equal(seq.sequences, out.sequences)  # PIT == sequential (float64: batch-invariant)
+    assert generate(model, tok, "the cat", gen_length=5, seed=0, num_steps=STEPS).ids == out.ids  # LLaDA's name
     # the sampler's own int seed: the same tokens as sampling the layout directly
     den = HFMaskedLM(model, tokenizer=tok)
     x = torch.tensor([[CLS, 5, 7] + [TMASK] * 5 + [SEP]])
