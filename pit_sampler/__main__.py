@@ -4,6 +4,10 @@
 the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle. Both samplers run
 from the same seed; the demo prints rounds, nfe, wall time, whether the tokens are identical, and
 quality metrics.
+
+``python -m pit_sampler sample --model DIR --prompt TEXT [...]``: text from a local Hugging Face
+masked-LM folder (``AutoModelForMaskedLM`` + ``AutoTokenizer``, no network), through
+:func:`pit_sampler.generate.generate`; prints one text per sample. ``--version`` prints the version.
 """
 
 from __future__ import annotations
@@ -27,9 +31,69 @@ def _window(text: str):
     return value
 
 
+def _add_sample(sub) -> None:
+    """The ``sample`` subcommand's arguments."""
+    sample = sub.add_parser("sample", help="generate text with a local Hugging Face masked LM folder")
+    sample.add_argument("--model", required=True, help="a local folder holding the model and its tokenizer")
+    sample.add_argument("--prompt", action="append", default=None,
+                        help="prompt text (repeat for a batch); <gap:n> or the mask token marks text to infill")
+    sample.add_argument("--max-new-tokens", type=int, default=None,
+                        help="tokens generated after the prompt (default: 32, or 0 when the prompt has a gap)")
+    sample.add_argument("--steps", type=int, default=None, help="sampler steps (default 1024)")
+    sample.add_argument("--sampler", default="pit", choices=("pit", "sequential"))
+    sample.add_argument("--window", type=_window, default="auto", help="PIT window W: an int, or auto (default)")
+    sample.add_argument("--seed", type=int, default=None, help="seed (default: fresh seeds, printed to stderr)")
+    sample.add_argument("--num-return-sequences", type=int, default=1)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--top-p", type=float, default=None)
+    sample.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"),
+                        help="the model's dtype (float64: batch-invariant, PIT equals sequential bit for bit)")
+
+
+def _sample(parser, args) -> dict:
+    """Run ``sample``: load the folder (local files only), generate, print the texts."""
+    import torch
+
+    from .adapters import HFMaskedLM
+    from .generate import generate, has_gap
+
+    if not os.path.isdir(args.model):
+        parser.error(f"--model {args.model}: not a folder")
+    for flag in ("steps", "num_return_sequences"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    try:
+        den = HFMaskedLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype), local_files_only=True)
+    except (OSError, ValueError) as error:
+        parser.error(f"--model {args.model}: cannot load a masked LM and its tokenizer: {error}")
+    prompts = args.prompt or [""]
+    max_new = args.max_new_tokens
+    if max_new is None:
+        max_new = 0 if all(has_gap(p, den.tokenizer) for p in prompts) else 32
+    try:
+        out = generate(den, prompts=prompts, max_new_tokens=max_new, num_steps=args.steps, sampler=args.sampler,
+                       window=args.window, seed=args.seed, num_return_sequences=args.num_return_sequences,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    except (TypeError, ValueError) as error:  # a bad option value (generate names the argument)
+        parser.error(str(error))
+    if args.seed is None:
+        print(f"seeds: {out.seeds.tolist()}", file=sys.stderr)
+    for text in out.texts:
+        print(text)
+    return {"texts": out.texts, "ids": out.ids, "seeds": out.seeds.tolist(), "rounds": out.rounds}
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="python -m pit_sampler", description="pit-sampler command line")
+    parser.add_argument("--version", action="version", version=f"pit-sampler {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_sample(sub)
     demo = sub.add_parser("demo", help="sample with tau-leaping and PIT from the same seed and compare")
     demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS)
     demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles)")
@@ -39,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--out", default="digits_samples.png", help="PNG path for the digits models")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
+    if args.command == "sample":
+        return _sample(parser, args)
     for flag in ("batch", "steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:

@@ -20,8 +20,10 @@ producing garbage samples:
   ``alpha`` comes from ``schedule`` (default log-linear, ``alpha(t) = 1 - (1 - eps) t``), which must
   be the schedule the model was trained with and the one the sampler runs.
 * :class:`HFMaskedLM`: Hugging Face style ``model(input_ids=x, **model_kwargs)`` returning an
-  object (or dict) with ``.logits``: masked-LM heads (BERT-style) and LLaDA, time-agnostic. With
-  positions, the vocabulary projection (``model.get_output_embeddings()``) runs only on the selected
+  object (or dict) with ``.logits``: masked-LM heads (BERT-style) and LLaDA, time-agnostic; with a
+  tokenizer (mask id, padded-vocabulary and special-token suppression), ``pad_id`` (each call's
+  attention mask built from its own rows) and the training ``schedule``. With positions, the
+  vocabulary projection (``model.get_output_embeddings()``) runs only on the selected
   hidden states (:class:`OutputProjection`).
 * :class:`SEDDScoreModel`: SEDD-style ``model(x, sigma_bar) -> log-scores`` ``s_v``; the sampler
   must run with ``parametrization="score"`` (the rate to ``v`` is ``sigma(t) exp(s_v)``).
@@ -31,7 +33,8 @@ producing garbage samples:
   skip-inactive steps.
 
 Every adapter has :meth:`Adapter.sampler_kwargs` (``mask_id``, ``vocab_size``, ``schedule``,
-``parametrization``: pass them to the sampler so both agree), runs the model under
+``parametrization``: the sampler must use the same; :func:`resolve_sampler_kwargs` merges them with a
+sampler's given arguments and raises on a mismatch), runs the model under
 ``torch.no_grad()``, returns float64 outputs as float32 (the samplers take float32/bf16/fp16), and
 can set chosen token ids to ``-inf`` (``suppress_ids``: e.g. BERT's ``[CLS]``/``[SEP]``/``[PAD]``).
 Every adapter takes ``positions=`` (``supports_positions = True``): a wrapped model that computes only
@@ -312,7 +315,30 @@ class HFMaskedLM(Adapter):
 
     Time-agnostic (BERT-style MLM heads, LLaDA). ``vocab_size`` defaults to ``model.config.vocab_size``
     when the model has one; a ``model.config.mask_token_id`` that differs from ``mask_id`` is an error.
-    Put the model in eval mode (dropout off) yourself; LLaDA-style models need no attention mask.
+    Put the model in eval mode (dropout off) yourself (:func:`resolve_sampler_kwargs` warns if not).
+
+    ``tokenizer`` (a Hugging Face tokenizer, optional): ``mask_id`` defaults to its
+    ``mask_token_id`` (given both, they must agree); a tokenizer with more tokens than the model has
+    logits is an error (vocab mismatch); the ids the tokenizer does not have (a padded vocabulary:
+    ModernBERT's logits are 50368 wide for 50280 tokens) and, with ``suppress_special`` (default
+    ``True`` with a tokenizer), its special tokens other than the mask (``[CLS]``, ``[SEP]``,
+    ``[PAD]``, ``[UNK]``, ...) are suppressed (``-inf``: never sampled), on top of ``suppress_ids``.
+    ``keep_ids``: ids to leave out of that automatic set (e.g. ``[tok.eos_token_id]`` for a model that
+    generates its own end of text, as LLaDA does).
+
+    ``pad_id``: positions holding ``pad_id`` are padding. Every call then passes the model
+    ``attention_mask = (x != pad_id)`` built from the rows of *that* call (the samplers call the model
+    on changing subsets of rows, so a fixed mask cannot be right); padding is not the mask token, so
+    the samplers keep it as it is and never generate there: put ``pad_id`` where there is nothing
+    (a ragged batch padded on the right). ``"auto"`` (default): the tokenizer's ``pad_token_id`` when
+    a tokenizer is given, else no attention mask. ``None``: no attention mask.
+
+    ``model_kwargs``: fixed keyword arguments of every call. Tensors of one or more dimensions are
+    rejected (a per-row input such as a fixed ``attention_mask`` would be misaligned with the rows of
+    a call); so are ``input_ids`` and, with ``pad_id``, ``attention_mask``.
+
+    ``schedule``: the schedule the model was trained with (LLaDA: ``"linear"``), handed to the
+    sampler by :meth:`sampler_kwargs` / :func:`resolve_sampler_kwargs`.
 
     Positions: when the model's output embedding is an ``nn.Linear`` (:class:`OutputProjection`,
     ``self.projection``), the adapter computes the vocabulary projection itself, ``head_block``
@@ -324,10 +350,15 @@ class HFMaskedLM(Adapter):
         self,
         model: Callable,
         *,
-        mask_id: int,
+        mask_id: int | None = None,
+        tokenizer=None,
         vocab_size: int | None = None,
+        pad_id: int | str | None = "auto",
         model_kwargs: dict | None = None,
         suppress_ids: Iterable[int] = (),
+        suppress_special: bool | None = None,
+        keep_ids: Iterable[int] = (),
+        schedule: str | Schedule = "loglinear",
         head_block: int = HEAD_BLOCK,
     ):
         if not callable(model):
@@ -335,25 +366,94 @@ class HFMaskedLM(Adapter):
         config = getattr(model, "config", None)
         if vocab_size is None and is_int(getattr(config, "vocab_size", None)):
             vocab_size = config.vocab_size
+        if tokenizer is not None and not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+            raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        tok_mask = getattr(tokenizer, "mask_token_id", None) if tokenizer is not None else None
+        if mask_id is None:
+            mask_id = tok_mask if tok_mask is not None else getattr(config, "mask_token_id", None)
+            if mask_id is None:
+                raise ValueError(
+                    "mask_id is needed: the tokenizer has no mask token and model.config no mask_token_id "
+                    "(pass mask_id=..., e.g. LLaDA's 126336)"
+                )
+        elif is_int(tok_mask) and is_int(mask_id) and tok_mask != mask_id:
+            raise ValueError(f"mask_id={mask_id}, but the tokenizer's mask_token_id={tok_mask}")
         config_mask = getattr(config, "mask_token_id", None)
         if is_int(config_mask) and config_mask != mask_id:
             raise ValueError(f"mask_id={mask_id}, but model.config.mask_token_id={config_mask}")
+        if suppress_special is None:
+            suppress_special = tokenizer is not None
+        if not isinstance(suppress_special, bool):
+            raise TypeError(f"suppress_special must be a bool, got {type(suppress_special).__name__}")
+        if suppress_special and tokenizer is None:
+            raise ValueError("suppress_special=True needs a tokenizer (it reads the tokenizer's special tokens)")
+        keep_ids = set(keep_ids)
+        automatic = []
+        if tokenizer is not None:
+            n_tok = len(tokenizer)
+            if vocab_size is not None and n_tok > vocab_size:
+                raise ValueError(
+                    f"HFMaskedLM: vocab mismatch: the tokenizer has {n_tok} tokens, but the model has "
+                    f"vocab_size={vocab_size} logits per position (is this the model's tokenizer?)"
+                )
+            if vocab_size is not None:
+                automatic += range(n_tok, vocab_size)  # a padded vocabulary: ids the tokenizer does not have
+            if suppress_special:
+                automatic += [int(i) for i in getattr(tokenizer, "all_special_ids", ()) if is_int(i)]
+        suppress = list(suppress_ids) + [i for i in automatic if i != mask_id and i not in keep_ids]
+        suppress = list(dict.fromkeys(suppress))  # without repeats, in order
+        if isinstance(pad_id, str):
+            if pad_id != "auto":
+                raise ValueError(f"pad_id must be an int, None or 'auto', got {pad_id!r}")
+            pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        if pad_id is not None:
+            if not (is_int(pad_id) and pad_id >= 0):
+                raise ValueError(f"pad_id must be an int >= 0, None or 'auto', got {pad_id!r}")
+            if pad_id == mask_id:
+                raise ValueError(f"pad_id={pad_id} is the mask id: padding must be a token the samplers keep")
+            if vocab_size is not None and pad_id >= vocab_size:
+                raise ValueError(f"pad_id={pad_id} is out of range for vocab_size={vocab_size}")
+        model_kwargs = dict(model_kwargs or {})
+        _check_model_kwargs(model_kwargs, pad_id)
         projection = OutputProjection.find(model, head_block)
         super().__init__(
             mask_id=mask_id,
             vocab_size=vocab_size,
             time_input="none",
-            suppress_ids=suppress_ids,
+            schedule=schedule,
+            suppress_ids=suppress,
             model_positions=projection is not None,
         )
-        self.model, self.model_kwargs, self.projection = model, dict(model_kwargs or {}), projection
+        self.model, self.model_kwargs, self.projection = model, model_kwargs, projection
+        self.tokenizer, self.pad_id = tokenizer, None if pad_id is None else int(pad_id)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: torch.dtype | None = None, local_files_only: bool = False,
+                        model_class=None, **kwargs) -> "HFMaskedLM":
+        """Load ``AutoModelForMaskedLM`` (or ``model_class``) and ``AutoTokenizer`` from ``path`` (a
+        folder or a hub name), put the model in eval mode (in ``dtype`` if given) and wrap it with its
+        tokenizer (``kwargs`` go to the constructor). ``local_files_only=True``: no network."""
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        model_class = model_class or transformers.AutoModelForMaskedLM
+        model = model_class.from_pretrained(path, local_files_only=local_files_only)
+        if dtype is not None:
+            model = model.to(dtype)
+        return cls(model.eval(), tokenizer=tokenizer, **kwargs)
+
+    def _call_model(self, x):
+        kwargs = self.model_kwargs
+        if self.pad_id is not None:  # this call's own rows: x == pad_id is padding
+            kwargs = {**kwargs, "attention_mask": (x != self.pad_id).to(torch.int64)}
+        return self._logits(self.model(input_ids=x, **kwargs))
 
     def _forward(self, x, time, positions):
         if self.projection is None:
-            return self._logits(self.model(input_ids=x, **self.model_kwargs))
+            return self._call_model(x)
         self.projection.arm(positions, x.numel())
         try:
-            return self._logits(self.model(input_ids=x, **self.model_kwargs))
+            return self._call_model(x)
         finally:
             self.projection.disarm()
 
@@ -367,6 +467,31 @@ class HFMaskedLM(Adapter):
             f"HFMaskedLM: the model returned {type(out).__name__} without .logits; "
             "wrap a model whose output has a logits field (or use CallableDenoiser)"
         )
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", pad_id={self.pad_id})"
+
+
+def _check_model_kwargs(model_kwargs: dict, pad_id: int | None) -> None:
+    """``model_kwargs`` holds no per-row input: no tensor of one or more dimensions (the samplers call
+    the model on changing subsets of rows, so it would be misaligned), no ``input_ids``, and no
+    ``attention_mask`` when the adapter builds one from ``pad_id``."""
+    if "input_ids" in model_kwargs:
+        raise ValueError("model_kwargs must not hold 'input_ids': the samplers pass them")
+    if pad_id is not None and "attention_mask" in model_kwargs:
+        raise ValueError(
+            f"model_kwargs holds 'attention_mask', but pad_id={pad_id} is set: the adapter builds each "
+            "call's attention mask from its own rows (x != pad_id); drop one of them"
+        )
+    for key, value in model_kwargs.items():
+        if isinstance(value, Tensor) and value.dim() >= 1:
+            hint = (" For padding pass pad_id=... (the adapter builds each call's attention_mask from the rows of "
+                    "that call; pad positions are never generated)." if key == "attention_mask" else "")
+            raise ValueError(
+                f"model_kwargs[{key!r}] is a tensor of shape {tuple(value.shape)}: the samplers call the model on "
+                f"changing subsets of rows (a PIT window, the unfinished samples), so a fixed per-row input "
+                f"would be misaligned with them.{hint}"
+            )
 
 
 class SEDDScoreModel(CallableDenoiser):
@@ -402,6 +527,81 @@ class SEDDScoreModel(CallableDenoiser):
             parametrization=parametrization,
             positions=positions,
         )
+
+
+#: the sampler arguments an adapter's :meth:`Adapter.sampler_kwargs` fixes
+SAMPLER_SETTINGS = ("mask_id", "vocab_size", "schedule", "parametrization")
+
+
+def _same_setting(key: str, given, setting) -> bool:
+    if key == "schedule":
+        a, b = get_schedule(given), get_schedule(setting)  # a bad name raises the usual ValueError
+        return a is b or (type(a) is type(b) and vars(a) == vars(b))
+    return given == setting
+
+
+def _modules(obj, depth: int = 0) -> list[nn.Module]:
+    """The ``nn.Module`` objects a denoiser wraps: itself, and through ``model``, ``fn`` and
+    ``denoiser`` attributes (adapters, guidance, truncation wrappers), a few levels deep."""
+    if isinstance(obj, nn.Module):
+        return [obj]
+    if depth >= 4:
+        return []
+    found = []
+    for name in ("model", "fn", "denoiser"):
+        inner = getattr(obj, "__dict__", {}).get(name)
+        if inner is not None and inner is not obj:
+            found += _modules(inner, depth + 1)
+    return found
+
+
+def resolve_sampler_kwargs(denoiser, given: dict | None = None, keys: Iterable[str] | None = None) -> dict:
+    """The sampler's arguments: ``given`` (what the caller passed explicitly) merged with the
+    denoiser's own settings (``denoiser.sampler_kwargs()``: an adapter's ``mask_id``, ``vocab_size``,
+    ``schedule``, ``parametrization``; nothing for a plain callable).
+
+    A setting the caller did not give (absent, or ``None``) is taken from the denoiser; one given with
+    a different value is a ``ValueError`` naming the argument and both values (a schedule given by name
+    equals the same schedule's instance). ``keys``: the settings to take (default all of
+    :data:`SAMPLER_SETTINGS`; e.g. ``("mask_id", "vocab_size")`` for a sampler without a schedule).
+    Warns (``UserWarning``) when a wrapped ``nn.Module`` (or one of its submodules) is in training mode:
+    dropout makes every call random, so PIT no longer equals the sequential sample.
+
+    A sampler calls it with the explicitly given arguments only (not its defaults):
+    ``kwargs = resolve_sampler_kwargs(denoiser, given)``."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise TypeError(f"given must be a dict of sampler arguments, got {type(given).__name__}")
+    keys = SAMPLER_SETTINGS if keys is None else tuple(keys)
+    get = getattr(denoiser, "sampler_kwargs", None)
+    settings = get() if callable(get) else {}
+    if not isinstance(settings, dict):
+        raise TypeError(f"{type(denoiser).__name__}.sampler_kwargs() must return a dict, got {type(settings).__name__}")
+    merged = dict(given)
+    for key in keys:
+        value = settings.get(key)
+        if value is None:
+            continue
+        if given.get(key) is None:
+            merged[key] = value
+        elif not _same_setting(key, given[key], value):
+            raise ValueError(
+                f"{key}={given[key]!r} was passed to the sampler, but the denoiser ({type(denoiser).__name__}) has "
+                f"{key}={value!r}: sampler and denoiser must agree (leave {key} out to take the denoiser's)"
+            )
+    training = [m for module in _modules(denoiser) for m in module.modules() if m.training]
+    if training:
+        import warnings
+
+        warnings.warn(
+            f"the denoiser's model ({type(_modules(denoiser)[0]).__name__}) has {len(training)} module(s) in "
+            "training mode (e.g. dropout): its outputs are random, so samples are not reproducible and PIT does "
+            "not equal the sequential sample; call model.eval()",
+            UserWarning,
+            stacklevel=2,
+        )
+    return merged
 
 
 def check_batch_invariance(denoiser: Callable, x: Tensor, t: Tensor) -> bool:
