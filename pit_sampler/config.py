@@ -8,7 +8,9 @@ jump rule, time grid, final step, parametrization, skip-inactive) and the device
 (``sync_every``, ``cuda_graph``). Both are frozen: a sampler's settings cannot drift after it is made.
 
 A sampler takes its arguments as keywords (``PITSampler(den, mask_id=..., num_steps=...)``) or as a
-config (``PITSampler(den, config=cfg)``, keywords then override fields: ``dataclasses.replace``).
+config (``PITSampler(den, config=cfg)``, keywords then override fields). Settings a denoiser adapter
+carries (``mask_id``, ``vocab_size``, ``schedule``, ``parametrization``) fill in what is not given and
+must agree with what is (:func:`pit_sampler.adapters.resolve_sampler_kwargs`).
 Every field is checked in ``__post_init__``; a bad value raises ``ValueError``/``TypeError`` naming it.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from .rules import RULES
 from .schedules import GRIDS, Schedule, get_schedule, time_grid
+from .truncation import check_truncation
 from .validation import check_temperature, is_int
 
 
@@ -65,13 +68,14 @@ class SamplerConfig:
             object.__setattr__(self, name, value)
 
     @classmethod
-    def build(cls, config: "SamplerConfig | None", overrides: dict) -> "SamplerConfig":
-        """A sampler's config from its ``config=`` argument and keyword arguments (which override)."""
+    def arguments(cls, config: "SamplerConfig | None", overrides: dict) -> dict:
+        """The fields a sampler is built from: ``config``'s (every field counts as given) with the
+        keyword ``overrides`` on top; only ``overrides`` when there is no config."""
         if config is None:
-            return cls(**overrides)
+            return dict(overrides)
         if not isinstance(config, cls):
             raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-        return dataclasses.replace(config, **overrides) if overrides else config
+        return {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, **overrides}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ class TauLeapingConfig(SamplerConfig):
     ``parametrization``: ``"mean"`` (the model gives ``p(x_0 | x_t)``) or ``"score"``;
     ``skip_inactive`` (``None``: on for the mean parametrization): run only the steps at which a
     position unmasks; ``sync_every``: rounds between host polls (``None``: 1 on the CPU, 8 on an
-    accelerator); ``cuda_graph``: capture a round as a CUDA graph and replay it."""
+    accelerator); ``cuda_graph``: capture a round as a CUDA graph and replay it; ``top_k``, ``top_p``:
+    truncate the rows a token is drawn from, as Hugging Face defines them
+    (:func:`pit_sampler.truncation.truncate_logits`; mean parametrization)."""
 
     schedule: str | Schedule = "loglinear"
     rule: str = "reject"
@@ -96,6 +102,8 @@ class TauLeapingConfig(SamplerConfig):
     skip_inactive: bool | None = None
     sync_every: int | None = None
     cuda_graph: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -115,9 +123,12 @@ class TauLeapingConfig(SamplerConfig):
             raise ValueError(f"sync_every must be None or an int >= 1, got {self.sync_every!r}")
         if not isinstance(self.cuda_graph, bool):
             raise TypeError(f"cuda_graph must be a bool, got {type(self.cuda_graph).__name__}")
+        top_k, top_p = check_truncation(self.top_k, self.top_p)
+        if self.score and (top_k is not None or top_p is not None):
+            raise ValueError("top_k/top_p need the mean parametrization (score logits also set the jump rates)")
         get_schedule(self.schedule)  # a known name or a Schedule
         time_grid(self.num_steps, self.grid, self.t_max, self.t_min)  # checks t_max, t_min
-        self._set(sync_every=None if self.sync_every is None else int(self.sync_every))
+        self._set(sync_every=None if self.sync_every is None else int(self.sync_every), top_k=top_k, top_p=top_p)
 
     @property
     def skips_inactive(self) -> bool:

@@ -42,10 +42,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .adapters import Adapter, HFMaskedLM, resolve_sampler_kwargs
+from .adapters import Adapter, HFMaskedLM
 from .noise import sample_seeds
 from .samplers import PITSampler, SampleResult, TauLeapingSampler
-from .truncation import TruncatedDenoiser, check_truncation
+from .truncation import check_truncation
 from .validation import check_temperature, is_int
 
 GAP = re.compile(r"<gap:(\d+)>")
@@ -312,16 +312,14 @@ def generate(
     if instance:
         run = sampler
     else:
-        net = den if top_k is None and top_p is None else TruncatedDenoiser(
-            den, top_k=top_k, top_p=top_p, temperature=temperature, mask_id=mask_id)
         steps = num_steps if num_steps is not None else DEFAULT_STEPS
-        kwargs = resolve_sampler_kwargs(net, {"num_steps": steps, "temperature": temperature, **sampler_kwargs})
+        kwargs = {"num_steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, **sampler_kwargs}
         if sampler == "pit":
-            run = PITSampler(net, window=window, **kwargs)
+            run = PITSampler(den, window=window, **kwargs)
         else:
             if window != "auto":
                 raise ValueError("window applies to sampler='pit'")
-            run = TauLeapingSampler(net, **kwargs)
+            run = TauLeapingSampler(den, **kwargs)
     device = _model_device(den)
     pad = pad_id is not None and padding is not False
     groups = [list(range(R))] if pad else [

@@ -54,6 +54,7 @@ from . import maskgit_ops, ops
 from .maskgit_reference import ORDERS
 from .noise import sample_seeds
 from .samplers import SampleResult
+from .adapters import resolve_sampler_kwargs
 from .config import SamplerConfig
 from .validation import check_token_batch, is_int, is_real
 
@@ -130,7 +131,10 @@ class MaskGITSampler:
         are its fields (they override ``config``'s)."""
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        self.config = c = SamplerConfig.build(config, kwargs)
+        given = resolve_sampler_kwargs(denoiser, SamplerConfig.arguments(config, kwargs), keys=("mask_id", "vocab_size"))
+        if "mask_id" not in given or "num_steps" not in given:
+            raise TypeError("a sampler needs mask_id and num_steps (mask_id may come from a denoiser adapter)")
+        self.config = c = SamplerConfig(**given)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         if unmask_schedule not in SCHEDULES:

@@ -44,7 +44,9 @@ from .noise import sample_seeds
 from .plan import Plan, make_plan
 from .rules import step_tables
 from .schedules import get_schedule, time_grid
+from .adapters import resolve_sampler_kwargs
 from .config import TauLeapingConfig
+from .truncation import truncate_logits
 from .validation import check_token_batch, is_int, is_real
 from .graphs import GraphedRound
 from .window import WindowPolicy
@@ -153,10 +155,14 @@ class _Sampler:
 
     def __init__(self, denoiser: Denoiser, config: TauLeapingConfig | None = None, **kwargs):
         """``config``: a :class:`~pit_sampler.config.TauLeapingConfig`; keyword arguments are its
-        fields (they override ``config``'s)."""
+        fields (they override ``config``'s); an adapter's settings fill in the rest (module
+        :mod:`pit_sampler.config`)."""
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        self.config = c = TauLeapingConfig.build(config, kwargs)
+        given = resolve_sampler_kwargs(denoiser, TauLeapingConfig.arguments(config, kwargs))
+        if "mask_id" not in given or "num_steps" not in given:
+            raise TypeError("a sampler needs mask_id and num_steps (mask_id may come from a denoiser adapter)")
+        self.config = c = TauLeapingConfig(**given)
         self.denoiser = denoiser
         self.schedule = get_schedule(c.schedule)
         self.times = time_grid(c.num_steps, c.grid, c.t_max, c.t_min)
@@ -286,10 +292,14 @@ class _Sampler:
         return states, residual, invalid, logits.shape[-1]
 
     def _checked(self, logits, shape, device, top_token, vocab) -> Tensor:
-        """The denoiser's output checked (:meth:`_check_logits`), as packed float rows ``[M, V]``."""
+        """The denoiser's output checked (:meth:`_check_logits`), top-k/top-p truncated if asked, as
+        packed float rows ``[M, V]``."""
         if isinstance(logits, Tensor) and logits.dtype == torch.float64:
             logits = logits.float()  # the kernels' precision; float64 models (e.g. exact oracles) are welcome
         self._check_logits(logits, shape, device, top_token, vocab)
+        c = self.config
+        if c.top_k is not None or c.top_p is not None:
+            logits = truncate_logits(logits, c.top_k, c.top_p, c.temperature, c.mask_id)
         return logits.reshape(-1, logits.shape[-1])
 
     # -- the loop ---------------------------------------------------------------------------------

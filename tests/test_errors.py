@@ -76,7 +76,7 @@ def test_a_config_is_shared_checked_once_and_overridden_by_keywords():
     config = ps.TauLeapingConfig(mask_id=MASK, num_steps=8, temperature=0.5)
     seq = ps.TauLeapingSampler(denoiser, config=config)
     pit = ps.PITSampler(denoiser, config=config, window=4)
-    assert seq.config is config and pit.config is config
+    assert seq.config == config and pit.config == config
     assert torch.equal(seq.sample(masked(), seed=3).tokens, pit.sample(masked(), seed=3).tokens)
     assert torch.equal(seq.sample(masked(), seed=3).tokens, make(temperature=0.5).sample(masked(), seed=3).tokens)
     hot = ps.TauLeapingSampler(denoiser, config=config, temperature=2.0)

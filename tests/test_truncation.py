@@ -210,6 +210,31 @@ def test_pit_equals_sequential_with_truncation(top_k, top_p, T):
     assert not torch.equal(plain.tokens, seq.tokens)  # the truncation changed the draws
 
 
+@pytest.mark.parametrize("backend", ["reference"] + [b for b in ("native", "triton") if b in ops.available_backends("cpu")])
+def test_the_samplers_apply_top_k_and_top_p_themselves(backend):
+    """``top_k=``/``top_p=`` of the samplers give the wrapper's tokens, PIT equals sequential, on every
+    backend and through the positions protocol."""
+    from pit_sampler.testing import Gathered
+
+    V, MASK, L = ORACLE.vocab_size, ORACLE.mask_id, ORACLE.length
+    kw = dict(mask_id=MASK, vocab_size=V, num_steps=48, temperature=0.8)
+    x = torch.full((4, L), MASK)
+    x[1, :3] = 0
+    with ops.use_backend(backend):
+        want = TauLeapingSampler(TruncatedDenoiser(ORACLE, top_k=4, top_p=0.8, temperature=0.8, mask_id=MASK),
+                                 **kw).sample(x, seed=2).tokens
+        for den in (ORACLE, Gathered(ORACLE)):
+            seq = TauLeapingSampler(den, top_k=4, top_p=0.8, **kw).sample(x, seed=2)
+            pit = PITSampler(den, window=8, top_k=4, top_p=0.8, **kw).sample(x, seed=2)
+            assert torch.equal(seq.tokens, want) and torch.equal(pit.tokens, want)
+    with pytest.raises(ValueError, match="top_p"):
+        TauLeapingSampler(ORACLE, top_p=1.5, **kw)
+    with pytest.raises(TypeError, match="top_k"):
+        PITSampler(ORACLE, top_k=2.0, **kw)
+    with pytest.raises(ValueError, match="mean parametrization"):
+        TauLeapingSampler(ORACLE, top_k=3, parametrization="score", schedule="loglinear", **kw)
+
+
 def test_top_k_1_is_greedy():
     """top_k = 1 leaves the argmax alone, so the Gumbel draw is the greedy choice: the tokens equal
     temperature = 0 (the unmask steps do not depend on the temperature)."""
