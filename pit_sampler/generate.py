@@ -280,8 +280,9 @@ def generate(
         named += list(sampler_kwargs)
         if named:
             raise ValueError(f"sampler is an instance: configure it with its own arguments, not {', '.join(named)}")
-        if getattr(sampler, "mask_id", mask_id) != mask_id:
-            raise ValueError(f"the sampler's mask_id={sampler.mask_id}, but the model's is {mask_id}")
+        theirs = getattr(getattr(sampler, "config", None), "mask_id", mask_id)
+        if theirs != mask_id:
+            raise ValueError(f"the sampler's mask_id={theirs}, but the model's is {mask_id}")
     elif sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS} or a sampler instance, got {sampler!r}")
     # -- the layout --------------------------------------------------------------------------------

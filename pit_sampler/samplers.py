@@ -64,7 +64,8 @@ class SampleResult:
     ``window="auto"``, the measured cost model that chose them
     (:meth:`pit_sampler.window.WindowPolicy.report`); ``logits_rows``: logits rows materialised per
     round on average (``W B L`` for a plain denoiser, about the rows drawn with the positions
-    protocol); ``polls``: poll points after the first (module docstring)."""
+    protocol); ``polls``: poll points after the first (module docstring); ``exchanged_bytes``: bytes
+    this process sent per round to other ranks (:mod:`pit_sampler.distributed`; 0 in one process)."""
 
     tokens: Tensor
     rounds: int
@@ -76,6 +77,7 @@ class SampleResult:
     policy: dict | None = None
     logits_rows: float = 0.0
     polls: int = 0
+    exchanged_bytes: float = 0.0
 
 
 def _pow2_at_least(n: int) -> int:
@@ -314,6 +316,7 @@ class _Sampler:
         self._check_x_init(x_init)
         x_init = x_init.to(torch.int64)
         seeds = sample_seeds(seed, x_init.shape[0], x_init.device)
+        self.rounds_done = 0  # host count of the rounds run so far (names the round of a failure)
         group = x_init.shape[0] if self.config.max_rows is None else self.config.max_rows
         parts = [self._run(x_init[i : i + group], seeds[i : i + group]) for i in range(0, x_init.shape[0], group)]
         return parts[0] if len(parts) == 1 else _concat(parts)
@@ -414,6 +417,7 @@ class _Sampler:
             else:  # samples kept to fill a bucket have nothing left
                 todo = min(r for r in info["remaining"] if r > 0)
             for _ in range(todo):
+                self.rounds_done += 1
                 batch.window, batch.pos, batch.iters, batch.err, residual, V = self._round(
                     batch.window, batch.pos, batch.iters, batch.err, batch.plan.steps, batch.plan.total,
                     batch.plan.rank, batch.seeds, times, spec, budget, top_token, vocab)

@@ -144,7 +144,9 @@ def test_sampler_instance_and_bfloat16(tok):
     assert all(words_only(ids) for ids in out.ids) and out.sequences.dtype == torch.int64
     with pytest.raises(ValueError, match="sampler is an instance: configure it with its own arguments, not num_steps, rule"):
         generate(den, prompts="a", max_new_tokens=2, sampler=sampler, num_steps=8, rule="first")
-    other = TauLeapingSampler(den, mask_id=3, num_steps=8)
+    with pytest.raises(ValueError, match="mask_id=3 was passed to the sampler, but the denoiser"):
+        TauLeapingSampler(den, mask_id=3, num_steps=8)  # the sampler checks an adapter's settings itself
+    other = TauLeapingSampler(lambda x, t: den(x, t), mask_id=3, num_steps=8)  # a plain callable: no settings
     with pytest.raises(ValueError, match="mask_id=3, but the model's is 4"):
         generate(den, prompts="a", max_new_tokens=2, sampler=other)
 

@@ -1,0 +1,270 @@
+"""Sampling across processes with ``torch.distributed`` (NCCL on GPUs, gloo on CPUs, ``torchrun``).
+
+Three ways to use several ranks; all rely on one fact of the noise contract: every random number is
+a fixed function of (seed, step, position, token), and the unmask table does not depend on the model.
+
+1. **Batch parallel** (:func:`sample_batch`): every rank passes the same global batch and seed;
+   rank ``r`` samples its contiguous share of the samples, each with the per-sample seed of its
+   *global* index (``sample_seeds(seed, B)[i]``, or the caller's seed tensor), so the union over
+   ranks is the one-process result bit for bit. ``gather=True`` all-gathers the tokens (every rank
+   gets the whole batch).
+2. **Tensor-parallel models**: every rank runs the *same* sampler, inputs and seed over a model that
+   is split across ranks (the model does its own collectives). The sampler needs no communication:
+   its draws depend only on the logits and the noise, so ranks that see the same logits draw the
+   same tokens. Nothing to call here beyond :func:`check_same` at the start (tests/test_distributed.py
+   runs a vocab-parallel head on two ranks).
+3. **Window parallel** (:class:`WindowParallelPIT`): one sample, or a batch, comes back sooner. Each
+   rank holds a model replica and evaluates a contiguous share of the window's slices (the last rank
+   also draws the extension guesses, which reuse the last slice's logits). With the mean
+   parametrization the plan says, before the call, which positions each slice draws; a rank runs the
+   sweep on its own slices' logits only and the ranks exchange the *tokens* they drew (int32, packed
+   in the plan's order: 4 bytes per drawn token, plus the slices' invalid-row counts, int32 ``[2W, B]``)
+   in one all-reduce. Every rank then rebuilds the same window states, residuals and acceptance, so
+   the result is the one-process PIT's, round for round, and with ``tol = 0`` the sequential sample.
+   Logits never cross ranks (splitting the window naively would move ``rows x V`` floats).
+
+Failure handling: every entry point first checks that the ranks agree on their configuration
+(:func:`check_same`: seed, window, steps, shapes, vocabulary) and raises on every rank if not. A
+rank that raises while sampling reports it in the next exchange, and every rank then raises a
+``RuntimeError`` naming the rank, the round and the error; a collective that fails or times out
+(the process group's ``timeout``, see :func:`init`) raises the same way, never hangs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import rows as rowmaps
+from .noise import sample_seeds
+from .rows import _pack
+from .samplers import PITSampler, SampleResult, _spans
+
+
+def init(backend: str | None = None, timeout_s: float = 120.0) -> None:
+    """``torch.distributed.init_process_group`` from ``torchrun``'s environment, with a bounded
+    ``timeout`` (a collective that waits longer raises instead of hanging). ``backend``: ``"nccl"``
+    when CUDA is available, else ``"gloo"``. On CUDA each rank uses device ``LOCAL_RANK``."""
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _group_size(group) -> tuple[int, int]:
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised: call pit_sampler.distributed.init() first")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def check_same(group=None, **values) -> None:
+    """Raise ``ValueError`` on every rank unless every rank passed the same ``values`` (e.g. seed,
+    window, num_steps, vocab_size, shapes): a mismatch would make ranks sample different chains."""
+    rank, size = _group_size(group)
+    everyone = [None] * size
+    dist.all_gather_object(everyone, values, group=group)
+    for key in values:
+        seen = [v.get(key) for v in everyone]
+        if any(v != seen[0] for v in seen):
+            raise ValueError(f"ranks disagree on {key}: " + ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(seen)))
+
+
+def _describe(value):
+    """A comparable summary of a config value (tensors by shape, dtype and a checksum)."""
+    if isinstance(value, Tensor):
+        return (tuple(value.shape), str(value.dtype), int(value.to(torch.int64).sum()) if not value.is_floating_point()
+                else float(value.double().sum()))
+    return value
+
+
+def _exchange_status(group, failed: BaseException | None, round_: int, device) -> None:
+    """All-gather ``(failed, round)``; raise on every rank if any rank failed (naming it)."""
+    rank, size = _group_size(group)
+    mine = torch.tensor([int(failed is not None), round_], dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(size)]
+    try:
+        dist.all_gather(everyone, mine, group=group)
+    except Exception as err:  # a timeout or a lost peer
+        raise RuntimeError(f"rank {rank}: a collective failed after round {round_} ({err})") from err
+    bad = [(r, int(t[1])) for r, t in enumerate(everyone) if int(t[0])]
+    if failed is not None:
+        raise RuntimeError(f"rank {rank} failed in round {round_}: {failed}") from failed
+    if bad:
+        r, k = bad[0]
+        raise RuntimeError(f"rank {r} failed in round {k}; rank {rank} stops too")
+
+
+def shard(batch: int, rank: int, size: int) -> slice:
+    """The contiguous share of ``batch`` samples that ``rank`` of ``size`` samples (sizes differ by at most one)."""
+    base, extra = divmod(batch, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def sample_batch(sampler, x_init: Tensor, seed: int | Tensor = 0, *, group=None, gather: bool = True):
+    """Batch parallel: ``(tokens, local)``. Every rank passes the same global ``x_init [B, L]`` and
+    ``seed``; this rank samples ``x_init[shard(B, rank, size)]`` with the global per-sample seeds.
+    ``tokens``: the whole batch's tokens on every rank (``gather=True``), else this rank's share;
+    ``local``: this rank's :class:`~pit_sampler.SampleResult`."""
+    rank, size = _group_size(group)
+    B = x_init.shape[0]
+    seeds = sample_seeds(seed, B, x_init.device)
+    check_same(group, batch=tuple(x_init.shape), seeds=_describe(seeds), x_init=_describe(x_init),
+               config=repr(getattr(sampler, "config", None)), window=getattr(sampler, "window", 1))
+    part = shard(B, rank, size)
+    failed, local = None, None
+    try:
+        local = sampler.sample(x_init[part], seed=seeds[part])
+    except Exception as err:  # reported to every rank below
+        failed = err
+    _exchange_status(group, failed, getattr(sampler, "rounds_done", 0), x_init.device)
+    if not gather:
+        return local.tokens, local
+    width = shard(B, 0, size).stop  # the largest share
+    padded = torch.full((width, x_init.shape[1]), -1, dtype=torch.int64, device=x_init.device)
+    padded[: local.tokens.shape[0]] = local.tokens
+    everyone = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(everyone, padded, group=group)
+    tokens = torch.cat([t[: shard(B, r, size).stop - shard(B, r, size).start] for r, t in enumerate(everyone)])
+    return tokens, local
+
+
+class WindowParallelPIT(PITSampler):
+    """:class:`~pit_sampler.PITSampler` whose window is split over the ranks of ``group`` (module
+    docstring, mode 3). Every rank constructs it with the same arguments and calls ``sample`` with
+    the same ``x_init`` and ``seed``; every rank returns the same tokens, equal to the one-process
+    PIT's (and, with ``tol = 0``, to the sequential sampler's). Needs the mean parametrization and an
+    int ``window`` (every rank must run the same windows); ``compile``/``cuda_graph`` are not
+    supported (the round holds a collective).
+
+    ``SampleResult.exchanged_bytes``: bytes this rank contributed to the exchange per round (the
+    all-reduce's payload); ``logits_bytes`` (attribute, after ``sample``): what all-gathering the
+    logits rows of the same draws would have moved instead, per round."""
+
+    def __init__(self, denoiser, *, group=None, **kwargs):
+        super().__init__(denoiser, **kwargs)
+        if self.config.score:
+            raise ValueError("window parallelism needs the mean parametrization (score draws depend on the model)")
+        if self.auto:
+            raise ValueError("window parallelism needs an int window (every rank must run the same windows)")
+        if self.compiled or self.config.cuda_graph:
+            raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
+        self.group = group
+        self._payload: list[int] = []
+        self._logits_payload: list[int] = []
+        self._round_index = 0
+        self._vocab: int | None = None
+        self.logits_bytes = 0.0
+
+    @property
+    def _draws_known(self) -> bool:
+        return True
+
+    def _owned(self, W: int, n: int) -> tuple[int, int, int]:
+        """``(lo, hi, top)``: this rank's window slices ``lo <= u < hi``; it draws slices ``lo <= u < top``
+        (the last rank also the extension slices ``W <= u < n``)."""
+        rank, size = _group_size(self.group)
+        lo, hi = rank * W // size, (rank + 1) * W // size
+        return lo, hi, n if rank == size - 1 else hi
+
+    def _call_rows(self, W: int, B: int) -> int:
+        lo, hi, _ = self._owned(W, _spans(W))
+        return (hi - lo) * B
+
+    def _logits_rows(self, W: int, B: int, L: int, budget: int) -> int:
+        lo, hi, _ = self._owned(W, _spans(W))
+        return budget if self.positions else (hi - lo) * B * L
+
+    def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
+        self._check_x_init(x_init)
+        check_same(self.group, shape=tuple(x_init.shape), x_init=_describe(x_init.to(torch.int64)),
+                   seeds=_describe(sample_seeds(seed, x_init.shape[0], x_init.device)), window=self.window,
+                   config=repr(self.config), tol=self.tol, mode=self.mode)
+        self._payload, self._logits_payload, self._round_index = [], [], 0
+        result = super().sample(x_init, seed)
+        rounds = max(1, len(self._payload))
+        result.exchanged_bytes = sum(self._payload) / rounds
+        self.logits_bytes = sum(self._logits_payload) / rounds
+        return result
+
+    def _window_sweep(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab):
+        """This rank's slices through the denoiser and the sweep; the drawn tokens all-reduced; the
+        window's states, residuals and invalid counts rebuilt from them (the same on every rank)."""
+        W = window.shape[0] - 1
+        _, B, L = window.shape
+        n = steps.shape[0]
+        u = rank - pos.unsqueeze(1)  # the slice that draws each position
+        drawn = (rank >= 0) & (u >= 0) & (u < n)
+        dest, fits = _pack(drawn.reshape(-1), budget)
+        self._round_index += 1
+        failed = None
+        try:
+            tokens, invalid = self._own_draws(window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab,
+                                              u, drawn, dest, fits)
+        except Exception as err:  # reported to every rank through the exchange
+            failed = err
+            tokens = torch.zeros(budget, dtype=torch.int32, device=window.device)
+            invalid = torch.zeros(n, B, dtype=torch.int32, device=window.device)
+        me, size = _group_size(self.group)
+        status = torch.zeros(1, dtype=torch.int32, device=window.device)
+        status[0] = (1 << min(me, 30)) if failed is not None else 0
+        payload = torch.cat([tokens, invalid.reshape(-1).to(torch.int32), status])
+        try:
+            dist.all_reduce(payload, group=self.group)
+        except Exception as err:  # a timeout or a lost peer
+            raise RuntimeError(f"rank {me}: the token exchange of round {self._round_index} failed ({err})") from err
+        if failed is not None:
+            raise RuntimeError(f"rank {me} failed in round {self._round_index}: {failed!r}") from failed
+        flags = int(payload[-1])  # one host read per round: the price of naming a failed rank at once
+        if flags:
+            bad = [r for r in range(min(size, 31)) if flags >> r & 1]
+            raise RuntimeError(f"rank {bad[0]} failed in round {self._round_index}; rank {me} stops too")
+        self._payload.append(payload.numel() * payload.element_size())
+        self._logits_payload.append(budget * (self._vocab or 0) * 4)
+        tokens, invalid = payload[:budget].to(torch.int64), payload[budget : budget + n * B].view(n, B)
+        drawn_token = torch.where(fits, tokens[dest.clamp(0, budget - 1)], self.config.mask_id).view(B, L)
+        slices = torch.arange(n, device=u.device).view(n, 1, 1)
+        states = torch.where(drawn & (u <= slices), drawn_token, window[0])
+        residual = (states[:W] != window[1:]).sum(-1, dtype=torch.int32)
+        return states, residual, invalid, self._vocab
+
+    def _own_draws(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab, u, drawn, dest, fits):
+        """``(tokens [budget] int32, invalid [n, B])``: the tokens this rank's slices draw, at their
+        slots of the window's packed draw list (0 elsewhere), and its slices' invalid counts (0 for
+        the other slices). Its sweep starts from ``window[0]`` with the positions that earlier
+        (other ranks') slices draw filled in by a placeholder, so that nothing else is drawn."""
+        W = window.shape[0] - 1
+        _, B, L = window.shape
+        n = steps.shape[0]
+        lo, hi, top = self._owned(W, n)
+        mask_id = self.config.mask_id
+        tokens = torch.zeros(budget + 1, dtype=torch.int32, device=window.device)
+        invalid = torch.zeros(n, B, dtype=torch.int32, device=window.device)
+        if hi == lo:  # more ranks than window slices: this rank draws nothing this round
+            return tokens[:budget], invalid
+        xs = window[lo:hi].reshape((hi - lo) * B, L)
+        ts = times[steps[lo:hi].clamp(min=0)].reshape(-1)
+        if self.positions:
+            index, rows = rowmaps.mean_rows(rank, pos, n, W, budget, owned=(lo, top))
+            out, shape = self.denoiser(xs, ts, positions=index), (index.shape[0],)
+        else:
+            rows = rowmaps.full_rows(n, W, B, L, xs.device, owned=(lo, top))
+            out, shape = self.denoiser(xs, ts), ((hi - lo) * B, L)
+        logits = self._checked(out, shape, xs.device, top_token, vocab)
+        self._vocab = logits.shape[-1]
+        placeholder = 1 if mask_id == 0 else 0
+        start = torch.where(drawn & (u < lo), placeholder, window[0])
+        states, _, _, sweep_invalid = spec(logits, rows, steps, start, window[1:], seeds)
+        slices = torch.arange(n, device=u.device).unsqueeze(1)
+        invalid = torch.where((slices >= lo) & (slices < top), sweep_invalid, 0)
+        mine = (drawn & (u >= lo) & (u < top)).reshape(-1) & fits
+        got = states.gather(0, u.clamp(0, n - 1).unsqueeze(0))[0].reshape(-1)  # each position after its slice
+        tokens.scatter_(0, torch.where(mine, dest, budget), torch.where(mine, got, 0).to(torch.int32))
+        return tokens[:budget], invalid
