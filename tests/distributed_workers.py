@@ -55,10 +55,12 @@ class VocabParallelModel(torch.nn.Module):
         h = self.emb[x] + self.pos
         h = h + h.mean(1, keepdim=True)  # every position sees the whole row
         local = (h.unsqueeze(-2) * self.head).sum(-1)  # [N, L, V / parts]: one dot product per logit
-        if self.parts > 1:
-            pieces = [torch.empty(*local.shape[:2], b.stop - b.start, dtype=local.dtype) for b in self.bounds]
-            dist.all_gather(pieces, local.contiguous())
-            local = torch.cat(pieces, -1)
+        if self.parts > 1:  # gloo gathers equal sizes: pad each part to the largest
+            width = max(b.stop - b.start for b in self.bounds)
+            padded = torch.nn.functional.pad(local, (0, width - local.shape[-1]))
+            pieces = [torch.empty_like(padded) for _ in self.bounds]
+            dist.all_gather(pieces, padded.contiguous())
+            local = torch.cat([p[..., : b.stop - b.start] for p, b in zip(pieces, self.bounds)], -1)
         return local.float()
 
 
@@ -86,7 +88,7 @@ def batch_and_tensor_parallel(rank: int, size: int, port: int, out: str) -> None
             saved[f"local-{rule}-{name}"] = local.tokens.shape[0]
             tokens, _ = distributed.sample_batch(sampler, x_init(), seed=seeds())
             saved[f"batch-seeds-{rule}-{name}"] = tokens
-    model = VocabParallelModel(o.vocab_size, o.length, parts=size, part=rank)
+    model = VocabParallelModel(o.vocab_size, o.length, parts=size, part=rank).eval()
     kw = dict(mask_id=o.mask_id, num_steps=STEPS, vocab_size=o.vocab_size)
     saved["tp-seq"] = ps.TauLeapingSampler(model, **kw).sample(x_init(), seed=seeds()).tokens
     saved["tp-pit"] = ps.PITSampler(model, window=8, **kw).sample(x_init(), seed=seeds()).tokens

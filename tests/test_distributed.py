@@ -4,7 +4,6 @@ tensor-parallel model, window parallel, and failures. Every mode must give the o
 Each scenario runs in ``tests/distributed_workers.py``; the test compares what the ranks saved with
 a one-process run of the same samplers here.
 """
-import os
 import socket
 import time
 
@@ -63,7 +62,7 @@ def test_batch_parallel_and_a_tensor_parallel_model_equal_one_process(tmp_path, 
                 assert torch.equal(saved[f"batch-seeds-{rule}-{name}"], one_process[f"seq-seeds-{rule}"]), (rule, name)
             assert [saved[f"local-{rule}-{name}"] for saved in ranks] == [3, 2]  # each rank sampled its share
     o = workers.oracle()
-    model = workers.VocabParallelModel(o.vocab_size, o.length)
+    model = workers.VocabParallelModel(o.vocab_size, o.length).eval()
     kw = dict(mask_id=o.mask_id, num_steps=workers.STEPS, vocab_size=o.vocab_size)
     want = ps.TauLeapingSampler(model, **kw).sample(workers.x_init(), seed=workers.seeds()).tokens
     for saved in ranks:
@@ -81,7 +80,8 @@ def test_window_parallel_equals_one_process_and_exchanges_tokens_only(tmp_path, 
                 assert torch.equal(g["tokens"], one_process[f"seq-seeds-{rule}"]), (rule, name)
                 assert g["rounds"] == pit.rounds and g["windows"] == pit.windows, (rule, name)
             # every rank evaluates a share of the window: about half the rows each
-            assert sum(g["nfe"] for g in got) == pytest.approx(pit.nfe), (rule, name)
+            probes = (SIZE - 1) / B  # each rank learns V with one row of its own (x_init has a prompt)
+            assert sum(g["nfe"] for g in got) == pytest.approx(pit.nfe + probes), (rule, name)
             assert all(0.3 * pit.nfe <= g["nfe"] <= 0.7 * pit.nfe for g in got), (rule, name, [g["nfe"] for g in got])
             # per round: int32 tokens in the draw budget, the slices' invalid counts and a status word
             for g in got:
