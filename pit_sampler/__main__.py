@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from .models.demo import DIGIT_MODELS, ORACLE_MODELS, demo_digits, demo_oracle
+from .models.demo import DIGIT_MODELS, ORACLE_MODELS, demo_digits, demo_oracle, demo_parallel
 
 
 def _window(text: str):
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="digits_samples.png", help="PNG path for the digits models")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument("--parallel", choices=("batch", "window"), default=None,
+                      help="sample across the ranks of torchrun (pit_sampler.distributed)")
     args = parser.parse_args(argv)
     if args.command == "sample":
         return _sample(parser, args)
@@ -110,6 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1, got {value}")
     progress = not args.no_progress
+    if args.parallel is not None:
+        if "RANK" not in os.environ:
+            parser.error("--parallel needs several processes: torchrun --nproc-per-node N -m pit_sampler demo --parallel ...")
+        window = 8 if args.window == "auto" else args.window  # every rank must run the same windows
+        batch = args.batch or (1 if args.parallel == "window" else 64)
+        return demo_parallel(args.model, args.parallel, batch, args.steps, window, args.seed)
     if args.model in DIGIT_MODELS:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):  # check before sampling, not after

@@ -112,7 +112,8 @@ def sample_batch(sampler, x_init: Tensor, seed: int | Tensor = 0, *, group=None,
     """Batch parallel: ``(tokens, local)``. Every rank passes the same global ``x_init [B, L]`` and
     ``seed``; this rank samples ``x_init[shard(B, rank, size)]`` with the global per-sample seeds.
     ``tokens``: the whole batch's tokens on every rank (``gather=True``), else this rank's share;
-    ``local``: this rank's :class:`~pit_sampler.SampleResult`."""
+    ``local``: this rank's :class:`~pit_sampler.SampleResult` (``None`` when the batch is smaller
+    than the group and this rank has no share)."""
     rank, size = _group_size(group)
     B = x_init.shape[0]
     seeds = sample_seeds(seed, B, x_init.device)
@@ -120,16 +121,18 @@ def sample_batch(sampler, x_init: Tensor, seed: int | Tensor = 0, *, group=None,
                config=repr(getattr(sampler, "config", None)), window=getattr(sampler, "window", 1))
     part = shard(B, rank, size)
     failed, local = None, None
-    try:
-        local = sampler.sample(x_init[part], seed=seeds[part])
-    except Exception as err:  # reported to every rank below
-        failed = err
+    if part.stop > part.start:  # a batch smaller than the group leaves some ranks idle (local is None)
+        try:
+            local = sampler.sample(x_init[part], seed=seeds[part])
+        except Exception as err:  # reported to every rank below
+            failed = err
     _exchange_status(group, failed, getattr(sampler, "rounds_done", 0), x_init.device)
+    mine = local.tokens if local is not None else x_init[:0].to(torch.int64)
     if not gather:
-        return local.tokens, local
+        return mine, local
     width = shard(B, 0, size).stop  # the largest share
     padded = torch.full((width, x_init.shape[1]), -1, dtype=torch.int64, device=x_init.device)
-    padded[: local.tokens.shape[0]] = local.tokens
+    padded[: mine.shape[0]] = mine
     everyone = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(everyone, padded, group=group)
     tokens = torch.cat([t[: shard(B, r, size).stop - shard(B, r, size).start] for r, t in enumerate(everyone)])

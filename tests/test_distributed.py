@@ -4,6 +4,7 @@ tensor-parallel model, window parallel, and failures. Every mode must give the o
 Each scenario runs in ``tests/distributed_workers.py``; the test compares what the ranks saved with
 a one-process run of the same samplers here.
 """
+import os
 import socket
 import time
 
@@ -98,3 +99,18 @@ def test_a_failing_rank_or_a_mismatch_stops_every_rank_with_a_clear_error(tmp_pa
         assert "ranks disagree on seeds" in saved["seed-mismatch"], saved["seed-mismatch"]
         assert "ranks disagree on window" in saved["window-mismatch"], saved["window-mismatch"]
     assert "the model broke" in ranks[1]["window-raise"] and "the model broke" in ranks[0]["batch-raise"]
+
+
+@pytest.mark.parametrize("mode", ["batch", "window"])
+def test_the_torchrun_demo(mode, tmp_path):
+    """``torchrun --nproc-per-node 2 -m pit_sampler demo --parallel ...`` as the README shows it."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "pit_sampler", "demo", "--model", "hmm", "--parallel", mode, "--steps", "64", "--batch", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"2 ranks ({mode} parallel)" in done.stdout
+    assert "tokens identical to the one-process sequential sample: yes" in done.stdout

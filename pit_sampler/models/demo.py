@@ -126,3 +126,67 @@ def demo_oracle(model_name: str, batch: int, steps: int, window: int | str, seed
     print(f"rounds ratio (sequential / PIT): {pair['ratio']:.2f}x")
     print(_describe_windows(list(pair["runs"].values())[1]["result"]))
     return {**pair, "loglik": loglik}
+
+
+def demo_parallel(model_name: str, mode: str, batch: int, steps: int, window: int, seed: int) -> dict:
+    """``torchrun --nproc-per-node N -m pit_sampler demo --parallel batch|window``: sample with
+    :mod:`pit_sampler.distributed` on every rank, and on rank 0 also in one process, and print
+    (rank 0) the rounds, the rows each rank evaluated, the wall times, the bytes the ranks exchanged
+    and whether the tokens are identical to the one-process sequential sample."""
+    import torch.distributed as dist
+
+    from .. import distributed
+
+    distributed.init(timeout_s=300.0)
+    rank, size = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
+    if model_name in DIGIT_MODELS:
+        from . import digits
+        from .transformer import load_pretrained
+
+        den = load_pretrained(model_name).to(device)
+        mask_id, vocab_size, length = digits.MASK_ID, digits.VOCAB_SIZE, digits.LENGTH
+    else:
+        from ..testing import make_oracle
+
+        den = make_oracle(model_name, seed=0)
+        mask_id, vocab_size, length = den.mask_id, den.vocab_size, den.length
+    x_init = torch.full((batch, length), mask_id, dtype=torch.int64, device=device)
+    common = dict(mask_id=mask_id, vocab_size=vocab_size, num_steps=steps)
+
+    def run(x):
+        if mode == "batch":
+            return distributed.sample_batch(PITSampler(den, window=window, **common), x, seed=seed)
+        result = distributed.WindowParallelPIT(den, window=window, **common).sample(x, seed=seed)
+        return result.tokens, result
+
+    run(x_init[: min(batch, size)])  # untimed warm-up on every rank (the first collectives, kernels)
+    dist.barrier()
+    start = time.perf_counter()
+    tokens, result = run(x_init)
+    seconds = time.perf_counter() - start
+    rows = [None] * size
+    dist.all_gather_object(rows, dict(nfe=result.nfe * result.tokens.shape[0], rounds=result.rounds,
+                                      exchanged=result.exchanged_bytes, seconds=seconds))
+    out = {"mode": mode, "ranks": size, "per_rank": rows}
+    if rank == 0:
+        TauLeapingSampler(den, **common).sample(x_init[:1], seed=seed)  # warm-ups, untimed
+        PITSampler(den, window=window, **common).sample(x_init[:1], seed=seed)
+        start = time.perf_counter()
+        seq = TauLeapingSampler(den, **common).sample(x_init, seed=seed)
+        seq_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        one = PITSampler(den, window=window, **common).sample(x_init, seed=seed)
+        one_seconds = time.perf_counter() - start
+        identical = torch.equal(tokens.cpu(), seq.tokens.cpu())
+        print(f"model: {model_name}, {batch} samples, {steps} steps, W={window}, {size} ranks ({mode} parallel), seed {seed}")
+        table = [[f"rank {r}", row["rounds"], f"{row['nfe']:.0f}", f"{row['seconds']:.2f}",
+                  f"{row['exchanged']:.0f}"] for r, row in enumerate(rows)]
+        table += [["one process, PIT", one.rounds, f"{one.nfe * batch:.0f}", f"{one_seconds:.2f}", "-"],
+                  ["one process, sequential", seq.rounds, f"{seq.nfe * batch:.0f}", f"{seq_seconds:.2f}", "-"]]
+        print(_table(["run", "rounds", "denoiser rows", "wall s", "bytes sent/round"], table))
+        print(f"tokens identical to the one-process sequential sample: {'yes' if identical else 'NO'}")
+        out.update(identical=identical, one_process_rounds=one.rounds, sequential_rounds=seq.rounds)
+    dist.barrier()
+    dist.destroy_process_group()
+    return out
