@@ -15,6 +15,8 @@ section is recorded in ``results.json`` and the next section runs):
 5. ``micro``: the op microbenchmarks, ``pytest bench/test_bench_ops.py --benchmark-only --bench-preset gpu``.
 6. ``gpu_scale``: :mod:`bench.gpu_scale` (positions protocol against full logits at L = 1024,
    V = 50257; ``window="auto"``; ``cuda_graph=True``).
+   Then ``distributed``: :mod:`bench.distributed` under ``torchrun`` over every GPU when there are
+   two or more (skipped, with a message, on one GPU).
 7. ``e2e``: :mod:`bench.e2e` with the ``gpu`` preset, given what is left of the budget.
 8. plots (:mod:`bench.plot`) and the report: ``results.json`` and ``results.md`` in
    ``bench/results/<date>-<device>/``, with the targets of issue 5 checked (met, or missed by how much).
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
     "gpu": dict(
         e2e="gpu",
-        caps=dict(env=45, tests=90, kernels=45, micro=45, gpu_scale=60),
+        caps=dict(env=45, tests=90, kernels=45, micro=45, gpu_scale=60, distributed=40),
         tests=["tests", "-m", "not slow or gpu", "-k",
                "test_ops or test_native or test_triton_kernels or test_rounds or test_compile or gpu"],
         micro=["--bench-preset", "gpu"],
@@ -54,7 +56,7 @@ PRESETS = {
     ),
     "tiny": dict(
         e2e="tiny",
-        caps=dict(env=60, tests=60, kernels=30, micro=60, gpu_scale=60),
+        caps=dict(env=60, tests=60, kernels=30, micro=60, gpu_scale=60, distributed=60),
         tests=["tests", "-m", "not slow", "--collect-only"],
         gpu_scale=["--batches", "1", "--full-max-gib", "0"],
         micro=["--bench-preset", "small", "-k", "steady and W1 and B1 and float32"],
@@ -148,6 +150,16 @@ def _git() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"commit": os.environ.get("PIT_GIT_COMMIT", "unknown"), "dirty_files": None}
+
+
+def torch_gpu_count() -> int:
+    """CUDA devices visible here (asked in a subprocess: this script does not import torch)."""
+    try:
+        out = subprocess.run(_python("import torch; print(torch.cuda.device_count())"), capture_output=True,
+                             text=True, timeout=60)
+        return int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return 0
 
 
 def _slug(name: str) -> str:
@@ -360,6 +372,17 @@ def main(argv=None) -> int:
                 *preset["gpu_scale"]], out / "gpu_scale.log", cap)
     sections["gpu_scale"] = sec
     print(f"[run_gpu] gpu_scale: {sec['status']}", flush=True)
+
+    # 6b. window parallelism over the GPUs (bench.distributed): needs two or more
+    gpus = torch_gpu_count() if a.device == "cuda" else 0
+    if gpus >= 2:
+        cap = left(preset["caps"]["distributed"])
+        sec = _run([py, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus), "-m", "bench.distributed",
+                    "--out", str(out), "--reps", "2"], out / "distributed.log", cap)
+    else:
+        sec = {"status": "skipped", "summary": f"{gpus} GPU(s): window parallelism needs two or more"}
+    sections["distributed"] = sec
+    print(f"[run_gpu] distributed: {sec['status']} {sec.get('summary', '')}", flush=True)
 
     # 7. end to end, with the rest of the budget (the e2e script stops starting runs at its own budget)
     budget = deadline - REPORT_RESERVE_S - time.time()

@@ -148,8 +148,9 @@ class WindowParallelPIT(PITSampler):
     supported (the round holds a collective).
 
     ``SampleResult.exchanged_bytes``: bytes this rank contributed to the exchange per round (the
-    all-reduce's payload); ``logits_bytes`` (attribute, after ``sample``): what all-gathering the
-    logits rows of the same draws would have moved instead, per round."""
+    all-reduce's payload). After ``sample``: ``drawn_per_round``, the tokens the window's slices drew
+    per round (window and extension, all samples), and ``logits_bytes``, what exchanging their float32
+    logits rows instead would move per round (``drawn x V x 4``)."""
 
     def __init__(self, denoiser, *, group=None, **kwargs):
         super().__init__(denoiser, **kwargs)
@@ -161,10 +162,11 @@ class WindowParallelPIT(PITSampler):
             raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
         self.group = group
         self._payload: list[int] = []
-        self._logits_payload: list[int] = []
         self._round_index = 0
         self._vocab: int | None = None
+        self._drawn: list[Tensor] = []
         self.logits_bytes = 0.0
+        self.drawn_per_round = 0.0
 
     @property
     def _draws_known(self) -> bool:
@@ -190,11 +192,12 @@ class WindowParallelPIT(PITSampler):
         check_same(self.group, shape=tuple(x_init.shape), x_init=_describe(x_init.to(torch.int64)),
                    seeds=_describe(sample_seeds(seed, x_init.shape[0], x_init.device)), window=self.window,
                    config=repr(self.config), tol=self.tol, mode=self.mode)
-        self._payload, self._logits_payload, self._round_index = [], [], 0
+        self._payload, self._drawn, self._round_index = [], [], 0
         result = super().sample(x_init, seed)
         rounds = max(1, len(self._payload))
         result.exchanged_bytes = sum(self._payload) / rounds
-        self.logits_bytes = sum(self._logits_payload) / rounds
+        self.drawn_per_round = float(torch.stack(self._drawn).sum()) / rounds if self._drawn else 0.0  # one read
+        self.logits_bytes = self.drawn_per_round * (self._vocab or 0) * 4
         return result
 
     def _window_sweep(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab):
@@ -230,7 +233,7 @@ class WindowParallelPIT(PITSampler):
             bad = [r for r in range(min(size, 31)) if flags >> r & 1]
             raise RuntimeError(f"rank {bad[0]} failed in round {self._round_index}; rank {me} stops too")
         self._payload.append(payload.numel() * payload.element_size())
-        self._logits_payload.append(budget * (self._vocab or 0) * 4)
+        self._drawn.append(drawn.sum())  # on the device: read once, after the run
         tokens, invalid = payload[:budget].to(torch.int64), payload[budget : budget + n * B].view(n, B)
         drawn_token = torch.where(fits, tokens[dest.clamp(0, budget - 1)], self.config.mask_id).view(B, L)
         slices = torch.arange(n, device=u.device).view(n, 1, 1)
