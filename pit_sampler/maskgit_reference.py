@@ -61,6 +61,7 @@ from __future__ import annotations
 import torch
 
 from .noise import MASK32, _key, gumbel_bits, gumbel_from_bits, philox4x32
+from .validation import inverse_temperature
 
 ORDERS = ("confidence", "margin", "entropy", "random")
 CONFIDENCE, MARGIN, ENTROPY, RANDOM = range(4)
@@ -123,17 +124,13 @@ def _bad_rows(y: torch.Tensor) -> torch.Tensor:
     return torch.isnan(y).any(1) | (y == float("inf")).any(1) | (y == float("-inf")).all(1)
 
 
-def _inv_temperature(temperature: float) -> float:
-    return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-
-
 def _draw(y, seeds, steps, positions, temperature):
     """Gumbel-max token of each row (greedy argmax at temperature 0)."""
     if temperature == 0:
         return y.argmax(1)
     vocab = torch.arange(y.shape[1], device=y.device)
     g = gumbel_from_bits(gumbel_bits(seeds[:, None], steps[:, None], positions[:, None], vocab))
-    return (y * _inv_temperature(temperature) + g).argmax(1)
+    return (y * inverse_temperature(temperature) + g).argmax(1)
 
 
 def _score_bits(y, tok, seeds, steps, positions, order):

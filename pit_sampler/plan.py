@@ -15,8 +15,10 @@ first call a sampler knows, per sample,
   ``pos .. pos + n - 1`` draws exactly the positions with ``pos <= rank < pos + n``, which is what
   the positions protocol requests from the model.
 
-:meth:`Plan.draw_bound` turns ``rank`` into a bound on the draws of any window of ``span`` planned
-steps from a given point on, which sizes a round's packed logits statically (no host read per round).
+:meth:`Plan.window_draws` counts the draws of each window of ``span`` planned steps, and
+:func:`reach_bound` bounds the draws of the windows the next rounds can start at (a poll's reach:
+a round advances a sample by at most ``W`` slots), which sizes those rounds' packed logits
+statically (no host read per round); :meth:`Plan.draw_bound` is the bound for the whole rest of the run.
 The score parametrization has no plan beyond ``0..N`` (its jump rates depend on the model).
 """
 
@@ -55,17 +57,31 @@ class Plan:
         steps = self.steps.gather(1, slot.clamp(max=self.length - 1).T).T
         return torch.where(slot < self.total.unsqueeze(0), steps, -1)
 
-    def draw_bound(self, span: int) -> Tensor:
-        """int64 ``[B, S]``: entry ``[b, s]`` is the most positions sample ``b`` draws in any ``span``
-        consecutive planned steps starting at slot ``s`` or later (a suffix maximum of window sums of
-        the draws per planned step)."""
+    def window_draws(self, span: int) -> Tensor:
+        """int64 ``[B, S]``: entry ``[b, s]`` is how many positions sample ``b`` draws in the ``span``
+        planned steps from slot ``s`` on."""
         B, S = self.steps.shape
         per_step = torch.zeros(B, S + 1, dtype=torch.int64, device=self.steps.device)
         per_step.scatter_add_(1, torch.where(self.rank >= 0, self.rank, S), torch.ones_like(self.rank))
         prefix = torch.nn.functional.pad(per_step[:, :S].cumsum(1), (1, 0))  # [B, S + 1]
         ends = (torch.arange(S, device=self.steps.device) + span).clamp(max=S)
-        windows = prefix[:, ends] - prefix[:, :S]
-        return windows.flip(1).cummax(1).values.flip(1)
+        return prefix[:, ends] - prefix[:, :S]
+
+    def draw_bound(self, span: int) -> Tensor:
+        """int64 ``[B, S]``: entry ``[b, s]`` is the most positions sample ``b`` draws in any ``span``
+        consecutive planned steps starting at slot ``s`` or later (a suffix maximum of
+        :meth:`window_draws`)."""
+        return self.window_draws(span).flip(1).cummax(1).values.flip(1)
+
+
+def reach_bound(windows: Tensor, pos: Tensor, reach: int | None) -> Tensor:
+    """int64 ``[B]``: the most draws of a window (``windows``: :meth:`Plan.window_draws`) starting at a
+    slot in ``[pos, pos + reach)``; ``reach=None``: at any slot from ``pos`` on (the suffix bound)."""
+    slot = torch.arange(windows.shape[1], device=windows.device).unsqueeze(0)
+    inside = slot >= pos.unsqueeze(1)
+    if reach is not None:
+        inside &= slot < pos.unsqueeze(1) + reach
+    return torch.where(inside, windows, 0).max(1).values
 
 
 def make_plan(x: Tensor, seeds: Tensor, tables, mask_id: int, num_steps: int, *, skip_inactive: bool,

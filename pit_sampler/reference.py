@@ -59,6 +59,7 @@ import torch
 
 from .noise import gumbel_bits, gumbel_from_bits, jump_bits, uniform_from_bits
 from .rules import REJECT, SCORE_MAX_JUMPS, TWEEDIE
+from .validation import inverse_temperature
 
 _TABLE_CHUNK = 1 << 22  # jump uniforms materialised at once by unmask_table
 _ROW_CHUNK = 1 << 22  # logits elements handled at once by the token draw
@@ -103,13 +104,6 @@ def _bad_rows(scaled: torch.Tensor, mask_id: int) -> torch.Tensor:
     return torch.isnan(clean).any(1) | (clean == float("inf")).any(1) | (clean == float("-inf")).all(1)
 
 
-def _inv_t(temperature: float) -> float:
-    """``float32(1) / float32(T)``; ``1`` when greedy (``T = 0``: raw logits)."""
-    if temperature == 0:
-        return 1.0
-    return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-
-
 def _draw_tokens(scaled, seeds, steps, positions, mask_id, argmax):
     """Gumbel-max token of each row (``[n, V]`` scaled float32), keyed by ``(seed, step, position, v)``;
     plain argmax where ``argmax``."""
@@ -147,7 +141,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     M = logits.shape[0]
     device = x0.device
     greedy = temperature == 0
-    inv_t = _inv_t(temperature)
+    inv_t = inverse_temperature(temperature)
     positions = torch.arange(L, device=device)
     states = torch.empty((W, B, L), dtype=torch.int64, device=device)
     counts = torch.zeros((W, B, L) if with_counts else (0,), dtype=torch.int32, device=device)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from . import ops, rows as rowmaps
 from .noise import sample_seeds
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, reach_bound
 from .rules import step_tables
 from .schedules import get_schedule, time_grid
 from .adapters import resolve_sampler_kwargs
@@ -109,7 +109,8 @@ class _Batch:
     """The samples still running and their device state: ``slots`` (host list: each row's index in
     the caller's batch), ``window [W + 1, B, L]`` (``window[0]`` exact), ``pos`` (planned steps done),
     ``iters`` (iterations on the current block), ``err`` (:func:`record_errors`), ``seeds``, ``plan``
-    and ``bounds`` (window span -> :meth:`Plan.draw_bound`)."""
+    and ``bounds`` (window span -> ``(draws, reach)``: :meth:`Plan.window_draws` and the slots a window
+    may start at until the next poll, :func:`~pit_sampler.plan.reach_bound`)."""
 
     slots: list[int]
     window: Tensor
@@ -118,13 +119,13 @@ class _Batch:
     err: Tensor
     seeds: Tensor
     plan: Plan
-    bounds: dict[int, Tensor]
+    bounds: dict[int, tuple[Tensor, int | None]]
 
     def select(self, keep: list[int]) -> "_Batch":
         index = torch.tensor(keep, device=self.pos.device)
         return _Batch([self.slots[i] for i in keep], self.window[:, index], self.pos[index], self.iters[index],
                       self.err[index], self.seeds[index], self.plan.select(index),
-                      {span: b[index] for span, b in self.bounds.items()})
+                      {span: (b[index], reach) for span, (b, reach) in self.bounds.items()})
 
     def resize(self, W: int) -> None:
         """Cut the window to ``W + 1`` slots, or pad it with its last state."""
@@ -136,10 +137,9 @@ class _Batch:
 
     def read(self, mask_id: int) -> dict[str, list[int]]:
         """One device-to-host transfer: per sample, steps left, the error code, positions still masked,
-        and for each span the most positions a window of that span can draw from here on."""
-        pos = self.pos.unsqueeze(1)
+        and for each span the most positions a window of that span can draw until the next poll."""
         rows = [self.plan.total - self.pos, self.err, (self.window[0] == mask_id).sum(1)]
-        rows += [b.gather(1, pos.clamp(max=b.shape[1] - 1))[:, 0] for b in self.bounds.values()]
+        rows += [reach_bound(b, self.pos, reach) for b, reach in self.bounds.values()]
         values = torch.stack(rows).tolist()
         out = dict(zip(("remaining", "err", "masked"), values[:3]))
         out.update({f"draws{span}": v for span, v in zip(self.bounds, values[3:])})
@@ -347,6 +347,16 @@ class _Sampler:
         need = max(1, need)
         return _pow2_at_least(need) if self._buckets else need
 
+    def _reach(self, span: int, device: torch.device) -> int | None:
+        """The window starts the rounds until the next poll can have, from the poll's ``pos``: up to
+        ``sync_every - 1`` rounds of at most ``W`` slots each. ``None`` (the rest of the run) for the
+        sequential sampler, which reads its bounds once, and for compiled or graphed rounds (their
+        budget must stay in a few buckets)."""
+        if not self.polls or self._buckets:
+            return None
+        W = span // 2 if span > 1 else 1
+        return (self.sync_interval(device) - 1) * W + 1
+
     @property
     def _draws_known(self) -> bool:
         """Whether the run plans which positions each step draws (``Plan.rank``) and bounds the draws
@@ -380,7 +390,7 @@ class _Sampler:
         batch = _Batch(list(range(B)), x_init.unsqueeze(0).expand(2, B, L).clone(),
                        torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int64, device=device),
                        torch.full((B,), -1, dtype=torch.int64, device=device), seeds, plan,
-                       {span: plan.draw_bound(span) for span in sorted(spans)})
+                       {span: (plan.window_draws(span), self._reach(span, device)) for span in sorted(spans)})
         out, errors = x_init.clone(), torch.full((B,), -1, dtype=torch.int64, device=device)
         info = batch.read(self.config.mask_id)
         if policy is not None:

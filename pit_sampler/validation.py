@@ -56,15 +56,23 @@ def check_temperature(temperature) -> float:
         raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature!r}")
     if t == 0.0:
         return 0.0
-    with numpy.errstate(over="ignore", divide="ignore"):  # plain float32 arithmetic: no tensor, no dispatch
-        t32 = numpy.float32(t)
-        inv = float(numpy.float32(1.0) / t32)
-    if not (0.0 < float(t32) <= FLT_MAX and 0.0 < inv < math.inf):
+    t32, inv = float(numpy.float32(t)), inverse_temperature(t)
+    if not (0.0 < t32 <= FLT_MAX and 0.0 < inv < math.inf):
         raise ValueError(
             f"temperature={temperature!r} cannot be honoured in float32 (1/T must be a finite, nonzero "
             "float32: T in about [2.9e-39, 3.4e38]); use temperature=0 for greedy decoding"
         )
     return t
+
+
+def inverse_temperature(temperature: float) -> float:
+    """``float32(1) / float32(T)``, the contract's scale of the logits (``1`` when greedy, ``T = 0``):
+    plain float32 arithmetic (numpy scalars: no tensor, no dispatch, no host read); ``inf`` or ``0``
+    where float32 overflows (:func:`check_temperature` rejects those)."""
+    if temperature == 0:
+        return 1.0
+    with numpy.errstate(over="ignore", divide="ignore"):
+        return float(numpy.float32(1.0) / numpy.float32(temperature))
 
 
 def check_dense_tensor(name: str, t) -> None:

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import pit_sampler as ps
 from pit_sampler import noise, ops, rows as rowmaps
-from pit_sampler.plan import make_plan
+from pit_sampler.plan import reach_bound, make_plan
 from pit_sampler.rules import step_tables
 from pit_sampler.samplers import C_HOST_READS, record_errors, slide
 from pit_sampler.schedules import get_schedule, time_grid
@@ -62,8 +62,15 @@ def test_plan_against_brute_force(B, L, N, skip_inactive):
         for span in (1, 2, 5):
             bound = plan.draw_bound(span)[b]
             draws = [int(((plan.rank[b] >= s) & (plan.rank[b] < s + span)).sum()) for s in range(plan.length)]
+            assert plan.window_draws(span)[b].tolist() == draws
             want = [max(draws[s:]) for s in range(plan.length)]
             assert bound.tolist() == want
+            windows = plan.window_draws(span)
+            for start in range(plan.length + 2):
+                pos = torch.full((B,), start)
+                for reach in (1, 3, None):
+                    end = plan.length if reach is None else start + reach
+                    assert int(reach_bound(windows, pos, reach)[b]) == max(draws[start:end], default=0)
 
 
 @pytest.mark.parametrize("W", [1, 2, 5])
