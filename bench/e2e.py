@@ -205,7 +205,10 @@ def _measure(make_sampler, den, cfg: Config, x, max_rows: int, reps: int, graphs
     }
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    residuals = torch.stack([r.sum(1) for r in result.residuals]) if result.residuals else None  # [iters, W]
+    residuals = None
+    if result.residuals:  # [W] per iteration, summed over the batch; the tail's windows are shorter
+        width = max(r.numel() for r in result.residuals)
+        residuals = torch.stack([torch.nn.functional.pad(r, (0, width - r.numel())) for r in result.residuals])
     if residuals is not None and residuals.shape[1] > 1:
         out["residual_total"] = residuals.sum(1).tolist()
         if cfg.batch == 1:
