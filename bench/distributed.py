@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch.distributed as dist
 import pit_sampler as ps
 from pit_sampler import distributed
 
+from .e2e import cpu_name
 from .models import OracleDenoiser, make_transformer
 
 
@@ -135,7 +136,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     rows = measure(args.reps)
     if dist.get_rank() == 0:
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()} ({os.cpu_count()} cores)"
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         env = dict(device=device, date=datetime.date.today().isoformat(), torch=torch.__version__, commit=commit,
                    backend=dist.get_backend())
