@@ -1,7 +1,8 @@
 """Command line: ``python -m pit_sampler demo [--model M]`` (:mod:`pit_sampler.models.demo`).
 
 ``--model digits`` (default) / ``digits-time``: the shipped masked-diffusion transformer trained on
-the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle. Both samplers run
+the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle; ``--model text``: the
+shipped masked-diffusion LM on Debian's fortunes (docs/text-model.md). Both samplers run
 from the same seed; the demo prints rounds, nfe, wall time, whether the tokens are identical, and
 quality metrics.
 """
@@ -12,7 +13,7 @@ import argparse
 import os
 import sys
 
-from .models.demo import DIGIT_MODELS, ORACLE_MODELS, demo_digits, demo_oracle
+from .models.demo import DIGIT_MODELS, ORACLE_MODELS, TEXT_MODELS, demo_digits, demo_oracle, demo_text
 
 
 def _window(text: str):
@@ -31,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m pit_sampler", description="pit-sampler command line")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="sample with tau-leaping and PIT from the same seed and compare")
-    demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS)
-    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles)")
+    demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS + TEXT_MODELS)
+    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles, 4 for text)")
     demo.add_argument("--steps", type=int, default=256, help="tau-leaping steps N")
     demo.add_argument("--window", type=_window, default="auto", help="PIT window W: an int, or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.access(folder, os.W_OK):
             parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
+    if args.model in TEXT_MODELS:
+        return demo_text(args.batch or 4, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)
 
 

@@ -23,7 +23,7 @@ quotations, cut at its ends. The models are trained at ``L = 128`` and ``L = 256
 **Tokenizer.** Byte-level BPE (``tokenizers``), 4096 ids: ``[PAD] = 0``, ``[SEP] = 1``,
 ``[MASK] = 2``, then the 256 byte symbols and the merges learned from the training part.
 
-**Masked diffusion LM** (:func:`load_text_model`): a ``transformers.BertForMaskedLM`` trained from
+**Masked diffusion LM** (:func:`load_text_model`): a ``transformers.ModernBertForMaskedLM`` trained from
 scratch with the MDLM/RADD continuous-time NELBO (:func:`~pit_sampler.models.masked_diffusion_loss`).
 It is time-agnostic; its conditionals ``p(x_0^l | x_t)`` are the logits with the ``[MASK]`` and
 ``[PAD]`` columns set to ``-inf`` (:func:`clean_logits`): what the samplers see through
@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from .transformer import WEIGHTS_DIR, masked_diffusion_loss
 
 TEXT_DIR = WEIGHTS_DIR / "text"
-MODEL_DIR = TEXT_DIR / "mdlm"  # BertForMaskedLM + the tokenizer
+MODEL_DIR = TEXT_DIR / "mdlm"  # ModernBertForMaskedLM + the tokenizer
 EVALUATOR_DIR = TEXT_DIR / "evaluator"  # GPT2LMHeadModel
 HELDOUT_FILE = TEXT_DIR / "heldout.txt.gz"
 COPYRIGHT_FILE = TEXT_DIR / "COPYRIGHT.fortunes"
@@ -275,12 +275,12 @@ class _QuietLoading:
 
 
 def load_text_model(path: str | os.PathLike = MODEL_DIR, dtype: torch.dtype = torch.float64):
-    """The shipped masked-diffusion LM (``BertForMaskedLM.from_pretrained``), in eval mode, without
+    """The shipped masked-diffusion LM (``AutoModelForMaskedLM.from_pretrained``: a ``ModernBertForMaskedLM``), in eval mode, without
     gradients, in ``dtype``: float64 (default) is the batch-invariant evaluation that makes PIT exact
     (docs/text-model.md); the weights are stored in float16, which float32 and float64 hold exactly."""
     transformers = _require("transformers")
     with _QuietLoading():
-        model = transformers.BertForMaskedLM.from_pretrained(str(path)).to(dtype)
+        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path)).to(dtype)
     return model.eval().requires_grad_(False)
 
 

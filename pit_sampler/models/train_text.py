@@ -4,19 +4,21 @@
     for f in fortunes*_all.deb; do dpkg-deb -x "$f" /tmp/fortunes; done
     python -m pit_sampler.models.train_text --fortunes /tmp/fortunes/usr/share/games/fortunes
 
-writes ``pit_sampler/models/weights/text/`` (or ``--out``): ``mdlm/`` (``BertForMaskedLM`` and the
+writes ``pit_sampler/models/weights/text/`` (or ``--out``): ``mdlm/`` (``ModernBertForMaskedLM`` and the
 tokenizer), ``evaluator/`` (``GPT2LMHeadModel``), ``heldout.txt.gz`` (the held-out quotations),
 ``COPYRIGHT.fortunes`` (from ``--copyright``, default the packages' copyright file next to the
 corpus) and ``training.json`` (the command, the settings, wall times, losses and held-out metrics).
 
 1. Corpus and split: :func:`pit_sampler.models.text.read_fortunes`, :func:`~pit_sampler.models.text.split_quotes`.
 2. Tokenizer: :func:`~pit_sampler.models.text.train_tokenizer` on the training quotations.
-3. Masked LM: ``BertForMaskedLM`` (:data:`MLM_CONFIG`), objective
+3. Masked LM: ``ModernBertForMaskedLM`` (``--arch modernbert``, default; ``bert``: ``BertForMaskedLM``;
+   :data:`MLM_CONFIGS`), objective
    :func:`pit_sampler.models.masked_diffusion_loss` (MDLM/RADD continuous-time NELBO with the
    log-linear schedule: masked-position cross-entropy weighted by ``1 / t``), on windows of the
    packed training stream at random offsets; odd steps use ``L = 256`` windows (half the rows, the
    same tokens), so the model works at both lengths. AdamW, linear warm-up, cosine decay to 10%,
-   gradient clipping at 1, an EMA of the parameters (what is saved, in float16).
+   gradient clipping at 1, an EMA of the parameters (what is saved, in float16) with decay
+   ``min(ema_decay, (1 + s) / (10 + s))`` at step ``s`` (a warm-up, so the random initialisation fades).
 4. Evaluator: ``GPT2LMHeadModel`` (:data:`EVALUATOR_CONFIG`), next-token cross-entropy on
    ``L = 128`` windows of the same stream, same optimiser, saved in float16.
 
@@ -40,16 +42,29 @@ import torch.nn.functional as F
 from . import text
 from .transformer import masked_diffusion_loss
 
-MLM_CONFIG = dict(
-    hidden_size=192,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=768,
-    max_position_embeddings=256,
-    type_vocab_size=1,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+MLM_CONFIGS = {
+    "bert": dict(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=768,
+        max_position_embeddings=256,
+        type_vocab_size=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    ),
+    "modernbert": dict(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=384,
+        max_position_embeddings=512,
+        global_attn_every_n_layers=1,
+        attention_dropout=0.0,
+        mlp_dropout=0.0,
+        embedding_dropout=0.0,
+    ),
+}
 EVALUATOR_CONFIG = dict(n_embd=192, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
@@ -76,9 +91,10 @@ def _optimise(model, loss_fn, *, steps, lr, warmup, ema_decay, log_every, name, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        decay = min(ema_decay, (1 + s) / (10 + s))  # EMA warm-up: early steps do not keep the random init
         with torch.no_grad():
             for k, p in params.items():
-                ema[k].lerp_(p.detach(), 1 - ema_decay)
+                ema[k].lerp_(p.detach(), 1 - decay)
         recent = (recent + [loss.item()])[-100:]
         done = s + 1
         if log_every and (done % log_every == 0 or done == steps):
@@ -114,13 +130,37 @@ def train(args, command: str) -> dict:
     held = text.heldout_windows(tok, text.LENGTH, held_q)
     print(f"tokenizer: {len(tok)} ids; training stream {stream.numel()} tokens; held-out windows {tuple(held.shape)}", flush=True)
 
-    # ---- masked diffusion LM
+    report = {"command": command, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+              "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+              "corpus": {"packages": list(text.CORPUS_PACKAGES), "version": text.CORPUS_VERSION,
+                         "quotations": len(quotes), "train": len(train_q), "heldout": len(held_q),
+                         "train_tokens": stream.numel(), "heldout_windows": held.shape[0]}}
+    if "mlm" in args.parts:
+        report["mlm"] = train_mlm(args, tok, stream, out / "mdlm", transformers)
+        report["heldout_nelbo"] = round(text.heldout_nelbo(text.load_text_model(out / "mdlm"), held, tok.mask_token_id), 4)
+    if "evaluator" in args.parts:
+        report["evaluator"] = train_evaluator(args, tok, stream, out / "evaluator", transformers)
+        report["heldout_gen_ppl"] = round(text.generative_perplexity(text.load_evaluator(out / "evaluator"), held), 2)
+    previous = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
+    if set(args.parts) != {"mlm", "evaluator"}:  # keep what an earlier run recorded for the other part
+        report = {**previous, **report, "commands": previous.get("commands", []) + [command]}
+    report["total_seconds"] = round(time.time() - t0, 1)
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def train_mlm(args, tok, stream, folder: Path, transformers) -> dict:
+    """Train the masked-diffusion LM (``--arch``) and save it (float16) with the tokenizer in ``folder``."""
     torch.manual_seed(args.seed)
-    config = transformers.BertConfig(
-        vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
-        sep_token_id=tok.sep_token_id, **MLM_CONFIG,
-    )
-    mlm = transformers.BertForMaskedLM(config)
+    arch = MLM_CONFIGS[args.arch]
+    special = dict(pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id, sep_token_id=tok.sep_token_id)
+    if args.arch == "bert":
+        mlm = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=len(tok), **special, **arch))
+    else:
+        config = transformers.ModernBertConfig(vocab_size=len(tok), cls_token_id=tok.sep_token_id,
+                                               bos_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
+                                               **special, **arch)
+        mlm = transformers.ModernBertForMaskedLM(config)
     mlm.train()
     den = text.MaskedLMDenoiser(mlm, tok.mask_token_id, (tok.pad_token_id,))
     g = torch.Generator().manual_seed(args.seed)
@@ -133,10 +173,14 @@ def train(args, command: str) -> dict:
                                 ema_decay=args.ema_decay, log_every=args.log_every, name="mlm", minutes=args.minutes)
     mlm.load_state_dict(ema)
     mlm.eval()
-    mlm.half().save_pretrained(out / "mdlm")
-    tok.save_pretrained(out / "mdlm")
+    mlm.half().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return {"arch": args.arch, "class": type(mlm).__name__, **arch, **mlm_report, "steps": args.steps,
+            "parameters": sum(p.numel() for p in mlm.parameters())}
 
-    # ---- evaluator
+
+def train_evaluator(args, tok, stream, folder: Path, transformers) -> dict:
+    """Train the GPT-2 evaluator and save it (float16) in ``folder``."""
     torch.manual_seed(args.seed + 1)
     ev_config = transformers.GPT2Config(
         vocab_size=len(tok), bos_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
@@ -156,31 +200,9 @@ def train(args, command: str) -> dict:
                                   minutes=args.eval_minutes)
     ev.load_state_dict(ev_ema)
     ev.eval()
-    ev.half().save_pretrained(out / "evaluator")
-
-    # ---- held-out metrics of the shipped (float16-stored) weights
-    mlm64 = text.load_text_model(out / "mdlm")
-    ev32 = text.load_evaluator(out / "evaluator")
-    report = {
-        "command": command,
-        "corpus": {"packages": list(text.CORPUS_PACKAGES), "version": text.CORPUS_VERSION,
-                   "quotations": len(quotes), "train": len(train_q), "heldout": len(held_q),
-                   "train_tokens": stream.numel(), "heldout_windows": held.shape[0]},
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "mlm": {**MLM_CONFIG, **mlm_report, "steps": args.steps, "parameters": sum(p.numel() for p in mlm.parameters())},
-        "evaluator": {**EVALUATOR_CONFIG, **ev_report, "steps": args.eval_steps,
-                      "parameters": sum(p.numel() for p in ev.parameters())},
-        "heldout_nelbo": round(text.heldout_nelbo(mlm64, held, tok.mask_token_id), 4),
-        "heldout_gen_ppl": round(text.generative_perplexity(ev32, held), 2),
-        "total_seconds": round(time.time() - t0, 1),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    ev.half().save_pretrained(folder)
+    return {"class": type(ev).__name__, **EVALUATOR_CONFIG, **ev_report, "steps": args.eval_steps,
+            "parameters": sum(p.numel() for p in ev.parameters())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fortunes", required=True, help="the fortune files: <extracted packages>/usr/share/games/fortunes")
     p.add_argument("--copyright", default=None, help="the packages' copyright file (default: found next to the corpus)")
     p.add_argument("--out", default=str(text.TEXT_DIR), help="output folder (default: the shipped weights folder)")
+    p.add_argument("--arch", choices=sorted(MLM_CONFIGS), default="modernbert", help="the masked LM's class")
+    p.add_argument("--parts", default="mlm,evaluator", help="what to train: mlm, evaluator or both (comma-separated)")
     p.add_argument("--steps", type=int, default=3000, help="masked-LM optimiser steps")
     p.add_argument("--eval-steps", type=int, default=1500, help="evaluator optimiser steps")
     p.add_argument("--minutes", type=float, default=None, help="stop the masked LM early after this wall time")
@@ -202,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=100)
     args = p.parse_args(argv)
+    args.parts = [x for x in args.parts.split(",") if x]
+    if not args.parts or set(args.parts) - {"mlm", "evaluator"}:
+        p.error(f"--parts must name mlm and/or evaluator, got {args.parts}")
     torch.set_num_threads(args.threads)
     command = "python -m pit_sampler.models.train_text " + " ".join(sys.argv[1:] if argv is None else argv)
     report = train(args, command.strip())
