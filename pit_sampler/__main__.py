@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="sample with tau-leaping and PIT from the same seed and compare")
     demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS + TEXT_MODELS)
-    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles, 4 for text)")
+    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles, 2 for text)")
     demo.add_argument("--steps", type=int, default=256, help="tau-leaping steps N")
     demo.add_argument("--window", type=_window, default="auto", help="PIT window W: an int, or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
     if args.model in TEXT_MODELS:
-        return demo_text(args.batch or 4, args.steps, args.window, args.seed, progress)
+        return demo_text(args.batch or 2, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)
 
 
