@@ -69,7 +69,7 @@ ext_modules, cmdclass = native_extension()
 setup(
     packages=find_packages(include=["pit_sampler", "pit_sampler.*"]) + ["pit_sampler.triton_kernels"],
     package_dir={"pit_sampler.triton_kernels": "triton_kernels"},
-    package_data={"pit_sampler.models": ["weights/*.safetensors"]},
+    package_data={"pit_sampler.models": ["weights/*.safetensors", "weights/text/*", "weights/text/*/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,7 +1,8 @@
 """Command line: ``python -m pit_sampler demo [--model M]`` (:mod:`pit_sampler.models.demo`).
 
 ``--model digits`` (default) / ``digits-time``: the shipped masked-diffusion transformer trained on
-the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle. Both samplers run
+the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle; ``--model text``: the
+shipped masked-diffusion LM on Debian's fortunes (docs/text-model.md). Both samplers run
 from the same seed; the demo prints rounds, nfe, wall time, whether the tokens are identical, and
 quality metrics.
 
@@ -16,7 +17,8 @@ import argparse
 import os
 import sys
 
-from .models.demo import DIGIT_MODELS, ORACLE_MODELS, demo_digits, demo_oracle, demo_parallel
+from .models.demo import (DIGIT_MODELS, ORACLE_MODELS, TEXT_MODELS, demo_digits, demo_oracle, demo_parallel,
+                          demo_text)
 
 
 def _window(text: str):
@@ -95,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample(sub)
     demo = sub.add_parser("demo", help="sample with tau-leaping and PIT from the same seed and compare")
-    demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS)
-    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles)")
+    demo.add_argument("--model", default="digits", choices=DIGIT_MODELS + ORACLE_MODELS + TEXT_MODELS)
+    demo.add_argument("--batch", type=int, default=None, help="samples (default: 64 for digits, 256 for oracles, 2 for text)")
     demo.add_argument("--steps", type=int, default=256, help="tau-leaping steps N")
     demo.add_argument("--window", type=_window, default="auto", help="PIT window W: an int, or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--{flag} must be >= 1, got {value}")
     progress = not args.no_progress
     if args.parallel is not None:
+        if args.model in TEXT_MODELS:
+            parser.error("--parallel runs the digits models and the oracles (not --model text)")
         if "RANK" not in os.environ:
             parser.error("--parallel needs several processes: torchrun --nproc-per-node N -m pit_sampler demo --parallel ...")
         window = 8 if args.window == "auto" else args.window  # every rank must run the same windows
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.access(folder, os.W_OK):
             parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
+    if args.model in TEXT_MODELS:
+        return demo_text(args.batch or 2, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)
 
 
