@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -28,20 +27,12 @@ import torch
 from pit_sampler import PITSampler, TauLeapingSampler
 from pit_sampler.models import text
 
+from .e2e import cpu_name
+
 GRID = {  # length -> (step multiples of L, windows)
     128: ((1, 2, 4, 8, 16), (4, 8, 16, 32, 64, 128)),
     256: ((1, 4, 16), (4, 16, 64, 128)),
 }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(grid: dict, batch: int, seed: int) -> list[dict]:
@@ -140,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     rows = run(grid, args.batch, args.seed)
     result = {
-        "environment": {"cpu": _cpu(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "environment": {"cpu": cpu_name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
         "batch": args.batch, "seed": args.seed, "seconds": round(time.time() - start, 1), "rows": rows,
     }
