@@ -18,7 +18,7 @@ import os
 import sys
 
 from .models.demo import (DIGIT_MODELS, ORACLE_MODELS, TEXT_MODELS, demo_digits, demo_oracle, demo_parallel,
-                          demo_text)
+                          demo_text, demo_text_prompt)
 
 
 def _window(text: str):
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="digits_samples.png", help="PNG path for the digits models")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument("--prompt", default=None,
+                      help="--model text: continue this text (and fill its <gap:n> gaps) instead of the table")
+    demo.add_argument("--max-new-tokens", type=int, default=32, help="--model text --prompt: tokens to add")
     demo.add_argument("--parallel", choices=("batch", "window"), default=None,
                       help="sample across the ranks of torchrun (pit_sampler.distributed)")
     args = parser.parse_args(argv)
@@ -129,6 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.access(folder, os.W_OK):
             parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
+    if args.prompt is not None and args.model not in TEXT_MODELS:
+        parser.error("--prompt goes with --model text")
+    if args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.model in TEXT_MODELS and args.prompt is not None:
+        return demo_text_prompt(args.prompt, args.max_new_tokens, args.steps, args.window, args.seed)
     if args.model in TEXT_MODELS:
         return demo_text(args.batch or 2, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)

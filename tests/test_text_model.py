@@ -174,3 +174,17 @@ def test_demo_text(capsys):
     assert set(res["metrics"]) == {*names, "held-out text"} and res["metrics"]["held-out text"]["n"] > 200
     out = capsys.readouterr().out
     assert "gen-PPL" in out and "entropy" in out and "held-out NELBO" in out and "  > " in out
+
+
+def test_demo_continues_a_prompt_and_fills_its_gap(capsys):
+    """``python -m pit_sampler demo --model text --prompt ...``: text in, text out, both samplers."""
+    from pit_sampler.__main__ import main
+
+    out = main(["demo", "--model", "text", "--prompt", "A friend in need <gap:3> indeed. Never", "--max-new-tokens", "4",
+                "--steps", "64", "--window", "8"])
+    printed = capsys.readouterr().out
+    assert out["identical"] and "identical: yes" in printed
+    for result in out["outputs"].values():
+        text = result.texts[0]
+        assert text.startswith("A friend in need") and "indeed. Never" in text
+        assert int(result.generated[0].sum()) == 3 + 4  # the gap's tokens and the continuation

@@ -263,3 +263,24 @@ def demo_text(batch: int, steps: int, window: int | str, seed: int, progress: bo
         print(f"held-out NELBO of the masked LM: {nelbo:.3f} nats/token (measured by the training run, training.json)")
     return {"runs": runs, "metrics": metrics, "identical": runs[f"PIT exact (W={window})"]["identical"],
             "ratio": seq.rounds / pit.rounds, "heldout_nelbo": nelbo}
+
+
+def demo_text_prompt(prompt: str, max_new_tokens: int, steps: int, window: int | str, seed: int) -> dict:
+    """``demo --model text --prompt TEXT``: continue ``TEXT`` by ``max_new_tokens`` tokens and fill its
+    gaps (``<gap:n>``: ``n`` tokens) with the shipped text model, text in and text out
+    (:func:`pit_sampler.generate.generate`), with the sequential sampler and with PIT from the same
+    seed; prints both texts, the rounds, and whether the tokens are identical."""
+    from ..generate import generate
+    from . import text
+
+    tok = text.load_tokenizer()
+    den = text.text_denoiser(text.load_text_model(), tok)
+    outs = {name: generate(den, tok, prompt, max_new_tokens=max_new_tokens, num_steps=steps, sampler=name,
+                           seed=seed, **({"window": window} if name == "pit" else {}))
+            for name in ("sequential", "pit")}
+    identical = torch.equal(outs["sequential"].sequences, outs["pit"].sequences)
+    print(f"model: text (shipped), prompt {prompt!r}, {max_new_tokens} new tokens, {steps} steps, seed {seed}")
+    for name, out in outs.items():
+        print(f"{name} ({out.rounds} rounds): {out.texts[0]}")
+    print(f"identical: {'yes' if identical else 'NO'}")
+    return {"outputs": outs, "identical": identical}
