@@ -162,7 +162,6 @@ class WindowParallelPIT(PITSampler):
             raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
         self.group = group
         self._payload: list[int] = []
-        self._round_index = 0
         self._vocab: int | None = None
         self._drawn: list[Tensor] = []
         self.logits_bytes = 0.0
@@ -192,7 +191,7 @@ class WindowParallelPIT(PITSampler):
         check_same(self.group, shape=tuple(x_init.shape), x_init=_describe(x_init.to(torch.int64)),
                    seeds=_describe(sample_seeds(seed, x_init.shape[0], x_init.device)), window=self.window,
                    config=repr(self.config), tol=self.tol, mode=self.mode)
-        self._payload, self._drawn, self._round_index = [], [], 0
+        self._payload, self._drawn = [], []
         result = super().sample(x_init, seed)
         rounds = max(1, len(self._payload))
         result.exchanged_bytes = sum(self._payload) / rounds
@@ -209,7 +208,6 @@ class WindowParallelPIT(PITSampler):
         u = rank - pos.unsqueeze(1)  # the slice that draws each position
         drawn = (rank >= 0) & (u >= 0) & (u < n)
         dest, fits = _pack(drawn.reshape(-1), budget)
-        self._round_index += 1
         failed = None
         try:
             tokens, invalid = self._own_draws(window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab,
@@ -225,13 +223,13 @@ class WindowParallelPIT(PITSampler):
         try:
             dist.all_reduce(payload, group=self.group)
         except Exception as err:  # a timeout or a lost peer
-            raise RuntimeError(f"rank {me}: the token exchange of round {self._round_index} failed ({err})") from err
+            raise RuntimeError(f"rank {me}: the token exchange of round {self.rounds_done} failed ({err})") from err
         if failed is not None:
-            raise RuntimeError(f"rank {me} failed in round {self._round_index}: {failed!r}") from failed
+            raise RuntimeError(f"rank {me} failed in round {self.rounds_done}: {failed!r}") from failed
         flags = int(payload[-1])  # one host read per round: the price of naming a failed rank at once
         if flags:
             bad = [r for r in range(min(size, 31)) if flags >> r & 1]
-            raise RuntimeError(f"rank {bad[0]} failed in round {self._round_index}; rank {me} stops too")
+            raise RuntimeError(f"rank {bad[0]} failed in round {self.rounds_done}; rank {me} stops too")
         self._payload.append(payload.numel() * payload.element_size())
         self._drawn.append(drawn.sum())  # on the device: read once, after the run
         tokens, invalid = payload[:budget].to(torch.int64), payload[budget : budget + n * B].view(n, B)
