@@ -18,7 +18,7 @@ first call a sampler knows, per sample,
 :meth:`Plan.window_draws` counts the draws of each window of ``span`` planned steps, and
 :func:`reach_bound` bounds the draws of the windows the next rounds can start at (a poll's reach:
 a round advances a sample by at most ``W`` slots), which sizes those rounds' packed logits
-statically (no host read per round); :meth:`Plan.draw_bound` is the bound for the whole rest of the run.
+statically (no host read per round); ``reach=None`` bounds the whole rest of the run.
 The score parametrization has no plan beyond ``0..N`` (its jump rates depend on the model).
 """
 
@@ -66,12 +66,6 @@ class Plan:
         prefix = torch.nn.functional.pad(per_step[:, :S].cumsum(1), (1, 0))  # [B, S + 1]
         ends = (torch.arange(S, device=self.steps.device) + span).clamp(max=S)
         return prefix[:, ends] - prefix[:, :S]
-
-    def draw_bound(self, span: int) -> Tensor:
-        """int64 ``[B, S]``: entry ``[b, s]`` is the most positions sample ``b`` draws in any ``span``
-        consecutive planned steps starting at slot ``s`` or later (a suffix maximum of
-        :meth:`window_draws`)."""
-        return self.window_draws(span).flip(1).cummax(1).values.flip(1)
 
 
 def reach_bound(windows: Tensor, pos: Tensor, reach: int | None) -> Tensor:
