@@ -2,9 +2,11 @@
 
 For each setting it times, best of ``--reps`` runs, the sequential baseline, ``PITSampler`` at fixed
 windows and ``window="auto"`` (a fresh sampler per run, so nothing is learned from an earlier run; a
-second "auto (warm)" row reuses one sampler, as a user calling ``sample()`` repeatedly would), all from
-the same seed, and checks that every run's tokens equal the baseline's. Wall-time ratios within one
-run are the result (the machine may be busy; absolute times are not comparable across machines).
+second "auto (warm)" row reuses one sampler after one untimed run, as a user calling ``sample()``
+repeatedly would), all from the same seed, and checks that every run's tokens equal the baseline's.
+The runs are interleaved (each repetition runs every configuration once), so a machine whose speed
+drifts affects all of them alike. Wall-time ratios within one run are the result (absolute times
+are not comparable across machines).
 
 Settings: the demo's digits model (64 samples, N = 256); the small random transformer of
 :mod:`bench.models` at L = 256, B = 1 and 4 (N = 128, geometric); the mixture and HMM oracles at
@@ -53,32 +55,39 @@ def settings():
     return out
 
 
-def best_of(make, x, reps: int, reuse: bool = False):
-    """Best wall time of ``reps`` runs (a new sampler each run unless ``reuse``) and the last result."""
-    sampler, best, result = make(), float("inf"), None
+def best_times(makers: dict, x, reps: int) -> dict:
+    """``{label: (best wall time, last result)}`` of ``makers[label]()`` (a sampler per run), the labels
+    interleaved within each repetition: on a machine whose speed drifts, every label's best is drawn
+    from the same stretch of time. ``makers["auto (warm)"]`` returns one sampler, used once before
+    the timed runs."""
+    best = {label: (float("inf"), None) for label in makers}
+    warm = makers["auto (warm)"]()
+    warm.sample(x, seed=0)
     for _ in range(reps):
-        if not reuse:
-            sampler = make()
-        start = time.perf_counter()
-        result = sampler.sample(x, seed=0)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for label, make in makers.items():
+            sampler = warm if label == "auto (warm)" else make()
+            start = time.perf_counter()
+            result = sampler.sample(x, seed=0)
+            best[label] = (min(best[label][0], time.perf_counter() - start), result)
+    return best
 
 
 def run(reps: int = 3) -> dict:
     rows = []
     for name, kind, den, x, kw in settings():
-        seq_time, seq = best_of(lambda: TauLeapingSampler(den, **kw), x, reps)
+        makers = {"sequential": lambda: TauLeapingSampler(den, **kw)}
+        makers.update({w: (lambda w=w: PITSampler(den, window=w, **kw)) for w in FIXED[kind]})
+        makers.update({label: (lambda: PITSampler(den, window="auto", **kw)) for label in ("auto", "auto (warm)")})
+        best = best_times(makers, x, reps)
+        seq_time, seq = best.pop("sequential")
         entry = {"setting": name, "sequential": {"seconds": seq_time, "rounds": seq.rounds}, "fixed": {}}
-        for w in FIXED[kind]:
-            t, r = best_of(lambda: PITSampler(den, window=w, **kw), x, reps)
-            assert torch.equal(r.tokens, seq.tokens), (name, w)
-            entry["fixed"][w] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t}
-        for label, reuse in (("auto", False), ("auto (warm)", True)):
-            t, r = best_of(lambda: PITSampler(den, window="auto", **kw), x, reps, reuse=reuse)
+        for label, (t, r) in best.items():
             assert torch.equal(r.tokens, seq.tokens), (name, label)
-            entry[label] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t, "windows": r.windows,
-                            "chosen": r.policy["chosen"]}
+            if label in ("auto", "auto (warm)"):
+                entry[label] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t, "windows": r.windows,
+                                "chosen": r.policy["chosen"]}
+            else:
+                entry["fixed"][label] = {"seconds": t, "rounds": r.rounds, "speedup": seq_time / t}
         best_w = max(entry["fixed"], key=lambda w: entry["fixed"][w]["speedup"])
         entry["best_fixed"] = {"window": best_w, "speedup": entry["fixed"][best_w]["speedup"]}
         rows.append(entry)

@@ -399,7 +399,7 @@ class _Sampler:
         returned = vocab
         residuals, windows, logits_rows, polls = [], [], 0, 0
         bar = _progress(self.config.progress, max(info["remaining"]), type(self).__name__)
-        started, done_before = time.perf_counter(), sum(info["remaining"])
+        started = time.perf_counter()
         while True:
             self._raise_errors(info["err"], batch.slots)
             keep = [i for i, r in enumerate(info["remaining"]) if r > 0]
@@ -420,6 +420,7 @@ class _Sampler:
             W = min(chosen, self._window_cap(left, len(batch.slots)))
             batch.resize(W)
             budget = self._budget(info, keep, W)
+            left_before = info["remaining"]
             # PIT: never a round that cannot be needed (each advances a sample by at most W steps);
             # sequential (W = 1): up to the next sample to finish, known from the plan
             if self.polls:
@@ -448,10 +449,11 @@ class _Sampler:
                         "err": [-1] * len(batch.slots)}
             if policy is not None:
                 now = time.perf_counter()
-                done = sum(info["remaining"])
                 if W == chosen:  # a window cut short by the end of the run does not measure its steady state
-                    policy.observe(W, (now - started) / todo, W * len(batch.slots), (done_before - done) / todo)
-                started, done_before = now, done
+                    live = [(a, b) for a, b in zip(left_before, info["remaining"]) if a > 0]  # not pass-through
+                    policy.observe(W, (now - started) / todo, W * len(batch.slots),
+                                   [(a - b) / todo for a, b in live], [a for a, _ in live])
+                started = now
             if self.config.progress:
                 bar.update(bar.total - max(info["remaining"]) - bar.n)
         bar.close()
@@ -524,8 +526,8 @@ class PITSampler(_Sampler):
     """Parallel-in-time (Picard) sampling over windows of ``window`` steps (arXiv 2607.00773).
 
     ``window="auto"`` (default) chooses the window each round from the measured call cost and
-    convergence (:mod:`pit_sampler.window`: windows 1, 2, 4, ..., 64, hill-climbing on accepted steps
-    per second; ``W = 1`` when parallel-in-time does not pay); ``SampleResult.windows`` and
+    convergence (:mod:`pit_sampler.window`: windows 1, 2, 4, ..., 64, maximising accepted steps per
+    second; ``W = 1`` when parallel-in-time does not pay); ``SampleResult.windows`` and
     ``.policy`` say what it chose and why. An int fixes the window. Tokens never depend on the window.
 
     ``mode="exact"`` (default) slides each sample's window past its converged prefix; with
@@ -582,7 +584,7 @@ class PITSampler(_Sampler):
             return None
         key = (tuple(x.shape), x.device)
         if key not in self._policies:
-            self._policies[key] = WindowPolicy(max_window=AUTO_MAX_WINDOW, warmup=int(self.compiled))
+            self._policies[key] = WindowPolicy(max_window=AUTO_MAX_WINDOW, warmup=int(self._buckets))
         return self._policies[key]
 
     def _accept(self, residual, live, iters_here, length):

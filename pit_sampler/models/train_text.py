@@ -54,13 +54,14 @@ MLM_CONFIGS = {
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     ),
-    "modernbert": dict(
+    "modernbert": dict(  # two local layers (a window of 8 positions), then two global ones
         hidden_size=192,
         num_hidden_layers=4,
         num_attention_heads=4,
         intermediate_size=384,
         max_position_embeddings=512,
-        global_attn_every_n_layers=1,
+        local_attention=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"],
         attention_dropout=0.0,
         mlp_dropout=0.0,
         embedding_dropout=0.0,
@@ -147,7 +148,8 @@ def train(args, command: str) -> dict:
         report["heldout_gen_ppl"] = round(text.generative_perplexity(text.load_evaluator(out / "evaluator"), held), 2)
     previous = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
     if set(args.parts) != {"mlm", "evaluator"}:  # keep what an earlier run recorded for the other part
-        report = {**previous, **report, "commands": previous.get("commands", []) + [command]}
+        earlier = previous.get("commands") or ([previous["command"]] if "command" in previous else [])
+        report = {**previous, **report, "commands": earlier + [command]}
     report["total_seconds"] = round(time.time() - t0, 1)
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
