@@ -75,10 +75,14 @@ def test_compiled_round_equals_eager_with_bounded_compiles(name, positions, extr
         want = cls(den, **kw).sample(_x(), seed=7)
         got = compiled.sample(_x(), seed=7)
         again = compiled.sample(_x(), seed=8)  # a second run of the same shapes
-    assert torch.equal(got.tokens, want.tokens) and got.rounds == want.rounds
+    assert torch.equal(got.tokens, want.tokens)
+    if window != "auto":  # auto's windows follow measured wall time, which compilation changes
+        assert got.rounds == want.rounds
     assert not (again.tokens == 8).any()
     used = len(set(got.windows) | set(again.windows))
-    assert 1 <= counter.compiles <= MAX_COMPILES_PER_WINDOW * used, (counter.compiles, used)
+    # auto also returns to windows it left (W = 1 after a probe of 2): one more specialisation at most
+    bound = MAX_COMPILES_PER_WINDOW * (used + (window == "auto"))
+    assert 1 <= counter.compiles <= bound, (counter.compiles, used)
 
 
 def _digits(name):
