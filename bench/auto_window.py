@@ -12,7 +12,7 @@ Settings: the demo's digits model (64 samples, N = 256); the small random transf
 :mod:`bench.models` at L = 256, B = 1 and 4 (N = 128, geometric); the mixture and HMM oracles at
 L = 256 with a transformer's forward pass as each call's cost (N = 1024), as in :mod:`bench.e2e`.
 
-    python -m bench.auto_window --out bench/results/auto-window-cpu-2026-12-01
+    python -m bench.auto_window --threads 2 --reps 5 --out bench/results/auto-window-cpu-2026-12-02
 """
 
 from __future__ import annotations

@@ -11,29 +11,47 @@ The policy maximises the *throughput* of a window, accepted steps per second at 
 
 **Acceptance, also for windows not run.** The slices of a window are causal: slice ``j``'s new state
 depends only on slices ``< j``. A round of window ``W`` in which a sample accepts ``k`` steps is
-therefore, slice for slice, the round a window ``W' < W`` would have run, which accepts
-``min(k, W')``. Every round measures ``a(W')`` for every ``W' <= W`` at once, so moving down needs no
-probe. Above the current window, the estimate is optimistic: ``a(W') = a(W) + s(W) (W' - W)``,
-with ``s(W)`` the fraction of samples that accepted the whole window with more steps left (they might
-use all of a larger one).
+therefore, on this window's state, the round a window ``W' < W`` would have run, which accepts
+``min(k, W')``: every round measures every smaller window at once, so moving down needs no probe
+(a smaller window run for itself refines its slices fewer times, so this leans a little towards
+moving down). ``a(W)`` is the product of the *doublings* ``a(v) / a(v / 2)``, ``v = 2, 4, .., W``,
+each the ratio of the averages of ``min(k, v)`` and ``min(k, v / 2)`` over the same rounds: a hard step
+that stops every window alike leaves it unchanged, where a window's own average over a few rounds
+would swing with it. A sample with fewer than ``v`` steps left does not measure ``v``. Above the
+current window the estimate is optimistic: ``a(W') = a(W) + s(W) (W' - W)``, with ``s(W)`` the
+fraction of samples that accepted the whole window with more steps left.
 
 **Cost, also for row counts not run.** Each window keeps the median seconds of its last five timed
-calls and their mean rows; ``c`` at other row counts is interpolated linearly between them, in
-proportion to rows below the smallest, and above the largest by a power law through the two largest
-(exponent clipped to ``[0, 1]``: concave, as device costs are). With a single timed window, ``c(2W)``
-is taken equal to ``c(W)`` (optimistic: it earns one probe of ``2W``).
+calls and their mean rows, made non-decreasing in rows (noisy violators are pooled); ``c`` at other
+row counts is interpolated linearly between them, in proportion to rows below the smallest, and
+above the largest by a power law through the two largest (exponent clipped to ``[0, 1]``: concave,
+as device costs are). With a single timed window, ``c(2W)`` is taken equal to ``c(W)`` (optimistic:
+it earns one probe of ``2W``). The *pessimistic* cost a probe risks raises the exponent by
+``margin`` (to 1 from a single point: proportional to rows).
 
 **Decision.** Each round chooses ``argmax T`` over ``1 .. 2W`` (``1 .. 4W`` once two windows were
 timed); another window must promise ``1 + gain`` times the current throughput (``jump`` times for
-``4W``). Choosing a window on an optimistic estimate is a probe: a transition round (its acceptance counts
-only for the slices the previous window also had, since new slices start from guesses), up to two
-settling rounds (``log2`` of the growth; the new slices are not yet refined) and measured rounds
-until ``probe_samples`` sample-rounds decide it. It is aborted as soon as its measured cost alone
-rules it out. A probe that loses (the policy moves back down) doubles the wait, ``backoff`` rounds at
-first, before windows above the current one may again be estimated optimistically; a probe that wins
-resets it. Where the cost grows in proportion to rows, the estimate for ``W = 2`` never beats
-``W = 1`` and the run stays at ``W = 1``, the sequential sampler, after one probe; where it grows
-slower but PIT still does not pay, probes recur about ``log2(rounds / backoff)`` times.
+``4W``), and a larger one must be *affordable*: one round at its pessimistic cost, beyond the current
+window's, may cost at most ``risk`` of the time the current window still needs for the slowest
+sample (late in a run, or on a short one, a probe cannot pay for itself). Choosing a window on an
+optimistic estimate is a probe. Its first timed round decides it when it can:
+
+* *aborted* (back to the window it came from) if its measured cost alone rules it out, even with the
+  optimistic acceptance, against ``1 + gain`` times the throughput it came from;
+* *won* if its call cost no more than ``1 + gain`` times the previous window's (a larger window never
+  accepts fewer steps, so it pays): the next window up is considered at once, from the same anchor;
+  a latency-bound device climbs ``1, 2, 8, 32, 64`` in one round each;
+* *won* if its rounds so far, transient included, already accepted more steps per second than the
+  bar.
+
+Otherwise it runs a transition round (its acceptance counts only for the slices the previous window
+also had, since new slices start from guesses), up to two settling rounds (``log2`` of the growth;
+the new slices are not yet refined) and measured rounds until ``probe_samples`` sample-rounds decide
+it; any window is judged on at least that many. A probe that loses (the policy moves back down)
+doubles the wait, ``backoff`` rounds at first, before windows above the current one may again be
+estimated optimistically; a probe that wins resets it. Where the cost grows in proportion to rows,
+the estimate for ``W = 2`` never beats ``W = 1`` and the run stays at ``W = 1``, the sequential
+sampler, after one round of ``W = 2``.
 
 Exactness is unaffected: any sequence of windows gives the sequential tokens (``tol = 0``). Timing
 is honest on CUDA: a round is timed to the end of its poll, a host read that waits for the device.
@@ -48,26 +66,34 @@ import statistics
 from dataclasses import dataclass, field
 
 
-def _ema(old: float, new: float, weight: float, first: bool) -> float:
-    return new if first else old + weight * (new - old)
+def _average(old: float, new: float, n: int, weight: float) -> float:
+    """The ``n``-th value folded in: their plain mean while ``1 / n > weight`` (a single round does not
+    stand for a window), then an exponential moving average of weight ``weight``."""
+    return new if n == 1 else old + max(weight, 1.0 / n) * (new - old)
 
 
 @dataclass
 class WindowStats:
-    """What one window size measured. Per call: ``seconds``, the median of the last ``RECENT`` timed
-    calls (robust to a stray slow call on a shared machine), and ``rows``, their mean. Per sample, as
-    exponential moving averages: ``accepted`` steps (from rounds of this window or larger ones) and
-    ``saturated`` (the fraction that accepted the whole window with steps left)."""
+    """What one window size ``w`` measured. Per call: ``seconds``, the median of the last ``RECENT``
+    timed calls (robust to a stray slow call on a shared machine), and ``rows``, their mean. Per
+    sample, as moving averages (:func:`_average`) over the rounds that measured them (of this window or
+    larger ones): ``longer``, the steps accepted within ``w`` slices, ``min(k, w)``, and ``shorter``,
+    within ``w / 2`` on the same rounds (their ratio is what doubling the window gains; a hard step
+    that stops every window alike leaves it unchanged), and ``saturated`` (the fraction of samples
+    that accepted the whole window with steps left)."""
 
     RECENT = 5
 
     seconds: float = math.nan
     rows: float = math.nan
-    accepted: float = math.nan
+    longer: float = math.nan
+    shorter: float = math.nan
     saturated: float = math.nan
     rounds: int = 0  # calls of this window that were timed
-    accepted_at: int = -1  # the last round that measured ``accepted``
-    samples: int = 0  # sample-rounds of this very window that measured ``accepted``
+    accepted_at: int = -1  # the last round that measured ``longer`` and ``shorter``
+    measured: int = 0  # rounds that measured them
+    saturations: int = 0  # rounds of this very window that measured ``saturated``
+    samples: int = 0  # sample-rounds of this very window that measured them
 
     recent: list = field(default_factory=list, repr=False)  # (seconds, rows) of the last timed calls
 
@@ -77,18 +103,28 @@ class WindowStats:
         self.rows = statistics.fmean(r for _, r in self.recent)
         self.rounds += 1
 
-    def accept(self, accepted: float, saturated: float | None, weight: float, round_: int, samples: int) -> None:
-        """Fold in one round's mean accepted steps; ``saturated`` and ``samples`` only from a round of
-        this very window (``None`` and 0 from a larger one)."""
-        self.accepted = _ema(self.accepted, accepted, weight, self.accepted_at < 0)
+    @property
+    def doubling(self) -> float:
+        """``a(w) / a(w / 2)``: the ratio of the two averages (1 for ``w = 1``)."""
+        return self.longer / max(self.shorter, 1e-9)
+
+    def accept(self, longer: float, shorter: float, saturated: float | None, weight: float, round_: int,
+               samples: int) -> None:
+        """Fold in one round's mean ``min(k, w)`` and ``min(k, w / 2)``; ``saturated`` and ``samples``
+        only from a round of this very window (``None`` and 0 from a larger one)."""
+        self.measured += 1
+        self.longer = _average(self.longer, longer, self.measured, weight)
+        self.shorter = _average(self.shorter, shorter, self.measured, weight)
         if saturated is not None:
-            self.saturated = _ema(self.saturated, saturated, weight, math.isnan(self.saturated))
+            self.saturations += 1
+            self.saturated = _average(self.saturated, saturated, self.saturations, weight)
         self.accepted_at = round_
         self.samples += samples
 
     def forget_acceptance(self) -> None:
         """Before a probe: its acceptance is measured afresh, not averaged with a stale value."""
-        self.accepted, self.saturated, self.accepted_at, self.samples = math.nan, math.nan, -1, 0
+        self.longer = self.shorter = self.saturated = math.nan
+        self.accepted_at, self.measured, self.saturations, self.samples = -1, 0, 0, 0
 
 
 @dataclass
@@ -104,6 +140,8 @@ class WindowPolicy:
     smoothing: float = 0.3
     warmup: int = 0
     probe_samples: int = 2
+    risk: float = 0.1
+    margin: float = 0.25
     stats: dict[int, WindowStats] = field(default_factory=dict)
     current: int = 1
     limit: int = 1
@@ -113,10 +151,13 @@ class WindowPolicy:
     _last_window: int = 0
     _calls: dict[int, int] = field(default_factory=dict)  # calls seen per window size
     _probe: int | None = None  # the window being probed (chosen on an optimistic estimate), if any
-    _probe_from: int = 1  # the window the probe started from
+    _probe_from: int = 1  # the measured window whose acceptance anchors the probe's estimates
+    _probe_back: int = 1  # the window the probe started from (where a lost probe returns)
     _settling: int = 0  # rounds after a larger window's transition round whose acceptance is not measured
     _interval: int = 0
     _next_probe: int = 0  # first round at which windows above the current may be estimated optimistically
+    _left: int = 0  # the most steps a sample had left after the last round
+    _probe_work: list = field(default_factory=lambda: [0.0, 0.0])  # the probe's timed rounds: steps, seconds
 
     def __post_init__(self):
         if self.max_window < 1:
@@ -131,36 +172,66 @@ class WindowPolicy:
         self._last_window = 1  # a run starts from fresh guesses: a transition from W = 1
 
     # -- the estimates ------------------------------------------------------------------------
-    def cost(self, rows: float) -> float:
-        """Estimated seconds of a call of ``rows`` rows (module docstring); ``nan`` before any timing."""
-        points = sorted((s.rows, s.seconds) for s in self.stats.values() if s.rounds > 0)
+    def _points(self) -> list[tuple[float, float]]:
+        """``(rows, seconds)`` of every timed window, the seconds made non-decreasing in rows (a call
+        with more rows never costs less): adjacent violators are pooled, weighted by their timed calls,
+        so timing noise on a flat (latency-bound) device does not rank equal costs."""
+        blocks = []  # [rows of each pooled point, weighted seconds, weight]
+        for st in sorted((st for st in self.stats.values() if st.rounds > 0), key=lambda st: st.rows):
+            blocks.append([[st.rows], st.seconds * len(st.recent), len(st.recent)])
+            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+                rows, total, weight = blocks.pop()
+                blocks[-1][0] += rows
+                blocks[-1][1] += total
+                blocks[-1][2] += weight
+        return [(r, total / weight) for rows, total, weight in blocks for r in rows]
+
+    def _exponent(self, points) -> float:
+        """The power law's exponent above the largest timed row count: through the two largest points,
+        clipped to ``[0, 1]`` (1 with fewer than two)."""
+        if len(points) < 2:
+            return 1.0
+        (rp, cp), (r1, c1) = points[-2], points[-1]
+        if not (rp < r1 and min(cp, c1) > 0):
+            return 1.0
+        return min(1.0, max(0.0, math.log(c1 / cp) / math.log(r1 / rp)))
+
+    def cost(self, rows: float, pessimistic: bool = False) -> float:
+        """Estimated seconds of a call of ``rows`` rows (module docstring); ``nan`` before any timing.
+        ``pessimistic``: above the largest timed row count, the exponent is raised by ``margin`` (and
+        is 1 from a single point), the cost a probe risks."""
+        points = self._points()
         if not points:
             return math.nan
         (r0, c0), (r1, c1) = points[0], points[-1]
         if rows <= r0:
             return c0 * rows / r0
-        if rows >= r1:  # a power law through the two largest, exponent in [0, 1]: concave, like a device
-            if len(points) == 1:
+        if rows >= r1:  # a power law: concave, like a device
+            if len(points) == 1 and not pessimistic:
                 return c1
-            rp, cp = points[-2]
-            beta = min(1.0, max(0.0, math.log(c1 / cp) / math.log(r1 / rp))) if rp < r1 and min(cp, c1) > 0 else 1.0
-            return c1 * (rows / r1) ** beta
+            beta = self._exponent(points)
+            return c1 * (rows / r1) ** (min(1.0, beta + self.margin) if pessimistic else beta)
         for (ra, ca), (rb, cb) in zip(points, points[1:]):
             if ra <= rows <= rb:
                 return ca + (cb - ca) * (rows - ra) / max(rb - ra, 1e-9)
         return c1
 
     def accepted(self, w: int, base: int | None = None) -> float:
-        """Estimated steps per sample per round of window ``w`` (``nan`` if unknown): as measured, or,
-        optimistic from a smaller measured window ``base``, ``a(base) + s(base) (w - base)``."""
+        """Estimated steps per sample per round of window ``w`` (``nan`` if unknown): the product of
+        the measured doublings ``a(v) / a(v / 2)`` for ``v = 1, 2, 4, ..., w`` (``a(1) = 1``: every
+        round accepts a step), or, optimistic from a smaller measured window ``base``,
+        ``a(base) + s(base) (w - base)``."""
         if base is not None and w > base:
-            s = self.stats.get(base)
+            a, s = self.accepted(base), self.stats.get(base)
+            sat = 1.0 if s is None or math.isnan(s.saturated) else s.saturated
+            return a + sat * (w - base)
+        a, v = 1.0, 1
+        while v <= w:
+            s = self.stats.get(v)
             if s is None or s.accepted_at < 0:
                 return math.nan
-            sat = 1.0 if math.isnan(s.saturated) else s.saturated
-            return s.accepted + sat * (w - base)
-        s = self.stats.get(w)
-        return s.accepted if s is not None and s.accepted_at >= 0 else math.nan
+            a, v = a * s.doubling, 2 * v
+        return a
 
     def throughput(self, w: int, base: int | None = None) -> float:
         """Estimated accepted steps per second (all samples) of window ``w`` at the current batch
@@ -168,9 +239,12 @@ class WindowPolicy:
         return self.batch * self.accepted(w, base) / max(self.cost(w * self.batch), 1e-12)
 
     def _need(self, w: int, base: int) -> float:
-        """The throughput factor over ``base`` that window ``w`` must promise: ``1 + gain``, and
-        ``jump`` for a window 4x larger (its cost is extrapolated furthest, and a wrong probe of it
-        costs the most)."""
+        """The throughput factor over ``base`` that window ``w`` must promise: ``1 + gain``; half that
+        margin for a smaller window (moving down is safe and needs no probe, and where windows are
+        within noise of each other the smaller one is nearer sequential); ``jump`` for a window 4x
+        larger (its cost is extrapolated furthest, and a wrong probe of it costs the most)."""
+        if w < base:
+            return 1 + self.gain / 2
         return self.jump if w >= 4 * base else 1 + self.gain
 
     # -- the decisions --------------------------------------------------------------------------
@@ -178,35 +252,52 @@ class WindowPolicy:
         """The window of the next round."""
         cur, here = self.current, self._round - self._run_start
         s = self.stats.get(cur)
+        anchor = cur  # the window whose measured acceptance anchors the optimistic estimates
         if self._probe is not None:
-            base = self._probe_from
-            if s is None or s.samples < self.probe_samples:  # transition, settling, then measured rounds;
-                if s is not None and s.rounds > 0 and not (  # abort once the measured cost rules it out
-                        self.throughput(cur, base) > self.throughput(base) * self._need(cur, base)):
-                    return self._probe_done(base, lost=True)
-                return cur
-        elif here < 2 or s is None or s.accepted_at < 0:
-            return cur  # the run's warm-up round and first measured round
+            base, back = self._probe_from, self._probe_back
+            if s is None or s.samples < self.probe_samples:  # transition, settling, then measured rounds
+                if s is None or s.rounds == 0:
+                    return cur
+                bar = self.throughput(back, base) * (1 + self.gain)
+                if not self.throughput(cur, base) > bar:  # its measured cost alone rules it out
+                    return self._probe_done(back, lost=True)
+                if self.cost(cur * self.batch) > self.cost(back * self.batch) * (1 + self.gain):
+                    steps, seconds = self._probe_work
+                    if seconds > 0 and steps / seconds > bar:  # it already paid, transient and all
+                        return self._probe_done(cur, lost=False)
+                    return cur
+                anchor = base  # its cost did not grow: it cannot accept fewer steps, so it pays; look further up
+        elif here < 2 or s is None or s.samples < self.probe_samples:
+            return cur  # the run's warm-up round and first measured round; a window measured too little
         top = 1 << (self.limit.bit_length() - 1)
         timed = sum(st.rounds > 0 for st in self.stats.values())
         reach = min(top, cur * (4 if timed >= 2 else 2))
         optimistic = self._round >= self._next_probe
-        now = self.throughput(cur)
+        now = self.throughput(cur, anchor)
         best, best_t = cur, now
-        w = 1
+        w = 1 if anchor == cur else 2 * cur
         while w <= reach:
-            t = self.throughput(w, cur if optimistic else None)
-            if w != cur and t > now * self._need(w, cur) and t > best_t:
+            t = self.throughput(w, anchor if optimistic else None)
+            if w != cur and t > now * self._need(w, cur) and t > best_t and (w < cur or self._affordable(w, anchor)):
                 best, best_t = w, t
             w *= 2
-        if self._probe is not None:  # the probe was measured: it lost if the policy goes back down
+        if self._probe is not None:  # the probe was decided: it lost if the policy goes back down
             self._probe_done(cur, lost=best < self._probe)
         if best > cur and optimistic:  # a new probe, its stale acceptance (if any) measured afresh
-            self._probe, self._probe_from = best, cur
+            self._probe, self._probe_from, self._probe_back, self._probe_work = best, anchor, cur, [0.0, 0.0]
             if best in self.stats:
                 self.stats[best].forget_acceptance()
         self.current = best
         return best
+
+    def _affordable(self, w: int, anchor: int) -> bool:
+        """Whether a probe of ``w`` risks at most ``risk`` of the run's remaining time: one round at the
+        pessimistic cost (:meth:`cost`) beyond the current window's, against the rounds the current
+        window would still need for the slowest sample (its acceptance estimated from ``anchor``)."""
+        cur, B = self.current, self.batch
+        here = self.cost(cur * B)
+        remaining = self._left / max(self.accepted(cur, anchor), 1.0) * here
+        return self.cost(w * B, pessimistic=True) - here <= self.risk * remaining
 
     def _probe_done(self, window: int, lost: bool) -> int:
         """End the probe and move to ``window``; a lost probe doubles the wait before the next."""
@@ -226,8 +317,12 @@ class WindowPolicy:
         if not accepted:
             return
         self.batch = len(accepted)
+        self._left = max(r - k for k, r in zip(accepted, left))
         if self._round > self._run_start + 1 and calls > self.warmup:  # not the run's first call, nor a
             self.stats.setdefault(window, WindowStats()).time(seconds, rows)  # size's first (compilation)
+            if window == self._probe:
+                self._probe_work[0] += sum(accepted)
+                self._probe_work[1] += seconds
         if window > previous:  # new slices start from guesses: only the old ones count, and the next
             valid = previous  # rounds are a transient (the new slices are not yet refined)
             self._settling = min(2, (window // previous).bit_length() - 1)
@@ -235,12 +330,17 @@ class WindowPolicy:
             valid, self._settling = 0, self._settling - 1
         else:
             valid, self._settling = window, 0
-        n, w = len(accepted), 1
-        while w <= valid:
-            here = w == window
-            sat = sum(k >= w - 1e-9 and r > w for k, r in zip(accepted, left)) / n if here else None
-            self.stats.setdefault(w, WindowStats()).accept(sum(min(k, w) for k in accepted) / n, sat,
-                                                           self.smoothing, self._round, n if here else 0)
+        w = 1
+        while w <= valid:  # samples with fewer than w steps left cannot show min(k, w)
+            here, eligible = w == window, [(k, r) for k, r in zip(accepted, left) if r >= w]
+            if not eligible:
+                break
+            n = len(eligible)
+            sat = sum(k >= w - 1e-9 and r > w for k, r in eligible) / n if here else None
+            longer = sum(min(k, w) for k, _ in eligible) / n
+            shorter = sum(min(k, w // 2) for k, _ in eligible) / n if w > 1 else longer
+            self.stats.setdefault(w, WindowStats()).accept(longer, shorter, sat, self.smoothing, self._round,
+                                                           n if here else 0)
             w *= 2
 
     def report(self) -> dict:
@@ -248,5 +348,6 @@ class WindowPolicy:
         the saturated fraction, timed rounds and the estimated throughput (accepted steps per second
         at the last batch size); and the window now chosen."""
         return {"chosen": self.current,
-                "windows": {w: {"throughput": self.throughput(w), **{k: v for k, v in vars(s).items() if k != "recent"}}
+                "windows": {w: {"throughput": self.throughput(w), "accepted": self.accepted(w),
+                                **{k: v for k, v in vars(s).items() if k != "recent"}}
                             for w, s in sorted(self.stats.items())}}
