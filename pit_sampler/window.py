@@ -90,8 +90,7 @@ class WindowStats:
     shorter: float = math.nan
     saturated: float = math.nan
     rounds: int = 0  # calls of this window that were timed
-    accepted_at: int = -1  # the last round that measured ``longer`` and ``shorter``
-    measured: int = 0  # rounds that measured them
+    measured: int = 0  # rounds that measured ``longer`` and ``shorter``
     saturations: int = 0  # rounds of this very window that measured ``saturated``
     samples: int = 0  # sample-rounds of this very window that measured them
 
@@ -108,8 +107,7 @@ class WindowStats:
         """``a(w) / a(w / 2)``: the ratio of the two averages (1 for ``w = 1``)."""
         return self.longer / max(self.shorter, 1e-9)
 
-    def accept(self, longer: float, shorter: float, saturated: float | None, weight: float, round_: int,
-               samples: int) -> None:
+    def accept(self, longer: float, shorter: float, saturated: float | None, weight: float, samples: int) -> None:
         """Fold in one round's mean ``min(k, w)`` and ``min(k, w / 2)``; ``saturated`` and ``samples``
         only from a round of this very window (``None`` and 0 from a larger one)."""
         self.measured += 1
@@ -118,13 +116,12 @@ class WindowStats:
         if saturated is not None:
             self.saturations += 1
             self.saturated = _average(self.saturated, saturated, self.saturations, weight)
-        self.accepted_at = round_
         self.samples += samples
 
     def forget_acceptance(self) -> None:
         """Before a probe: its acceptance is measured afresh, not averaged with a stale value."""
         self.longer = self.shorter = self.saturated = math.nan
-        self.accepted_at, self.measured, self.saturations, self.samples = -1, 0, 0, 0
+        self.measured, self.saturations, self.samples = 0, 0, 0
 
 
 @dataclass
@@ -228,7 +225,7 @@ class WindowPolicy:
         a, v = 1.0, 1
         while v <= w:
             s = self.stats.get(v)
-            if s is None or s.accepted_at < 0:
+            if s is None or s.measured == 0:
                 return math.nan
             a, v = a * s.doubling, 2 * v
         return a
@@ -339,8 +336,7 @@ class WindowPolicy:
             sat = sum(k >= w - 1e-9 and r > w for k, r in eligible) / n if here else None
             longer = sum(min(k, w) for k, _ in eligible) / n
             shorter = sum(min(k, w // 2) for k, _ in eligible) / n if w > 1 else longer
-            self.stats.setdefault(w, WindowStats()).accept(longer, shorter, sat, self.smoothing, self._round,
-                                                           n if here else 0)
+            self.stats.setdefault(w, WindowStats()).accept(longer, shorter, sat, self.smoothing, n if here else 0)
             w *= 2
 
     def report(self) -> dict:
