@@ -50,7 +50,7 @@ PRESETS = {
         e2e="gpu",
         caps=dict(env=45, tests=90, kernels=45, micro=45, gpu_scale=60, distributed=40),
         tests=["tests", "-m", "not slow or gpu", "-k",
-               "test_ops or test_native or test_triton_kernels or test_rounds or test_compile or gpu"],
+               "test_ops or test_native or test_triton_kernels or test_rounds or test_compile or test_cuda_graph or gpu"],
         micro=["--bench-preset", "gpu"],
         gpu_scale=["--batches", "1", "4", "16"],
     ),

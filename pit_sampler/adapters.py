@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from .positions import HEAD_BLOCK, check_positions, rowwise, supports_positions, take
 from .schedules import Schedule, get_schedule
-from .validation import is_int
+from .validation import is_int, reads_allowed
 
 TIME_INPUTS = ("t", "none", "total_noise", "noise_rate")
 PARAMETRIZATIONS = ("mean", "score")
@@ -107,18 +107,20 @@ class Adapter:
     def _time(self, t: Tensor) -> Tensor | None:
         """What the model takes for time: ``t``, nothing, ``sigma_bar(t)`` or ``sigma(t)`` (computed in float64).
 
-        An infinite value (``alpha(t) = 0``) is an error in eager mode; under ``torch.compile`` the
-        check would read data, so it is skipped there (the model then sees ``inf``)."""
+        Computed on ``t``'s device (on the CPU for MPS, which has no float64), so that a round stays on
+        the device and can be captured. An infinite value (``alpha(t) = 0``) is an error in eager
+        mode; traced or captured, the check would read data, so it is skipped there (the model then
+        sees ``inf``)."""
         if self.time_input == "t":
             return t
         if self.time_input == "none":
             return None
-        t64 = t.detach().to(torch.float64)
+        t64 = t.detach().to(device="cpu" if t.device.type == "mps" else t.device, dtype=torch.float64)
         if self.time_input == "total_noise":
-            value = -torch.log(self.schedule.alpha(t64.cpu()))
+            value = -torch.log(self.schedule.alpha(t64))
         else:
-            value = self.schedule.sigma(t64.cpu())
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+            value = self.schedule.sigma(t64)
+        if reads_allowed() and not bool(torch.isfinite(value).all()):
             raise ValueError(
                 f"time_input={self.time_input!r} is infinite for t={float(t64.max()):g} under {self.schedule!r} "
                 "(alpha(t) = 0 there); sample with a smaller t_max"

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .validation import reads_allowed
+
 #: rows per call of a head evaluated by :func:`rowwise` (the default of the shipped model and adapters)
 HEAD_BLOCK = 256
 
@@ -55,7 +57,7 @@ def check_positions(positions, x: Tensor) -> None:
         raise ValueError(f"positions must be a 1-D LongTensor [M], got shape {tuple(positions.shape)}")
     if positions.device != x.device:
         raise ValueError(f"positions is on {positions.device}, but x is on {x.device}")
-    if positions.numel() and not torch.compiler.is_compiling():
+    if positions.numel() and reads_allowed():
         low, high = torch.stack([positions.min(), positions.max()]).tolist()  # one host read
         if low < 0 or high >= x.numel():
             raise ValueError(

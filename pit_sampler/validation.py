@@ -27,6 +27,16 @@ def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def reads_allowed() -> bool:
+    """Whether code may read device data now: not while ``torch.compile`` traces it (a read would
+    break the graph) and not while a CUDA stream is being captured into a graph (a read is illegal
+    there). Checks of values are skipped then; a round's eager runs (before capture, and without
+    compile) still make them."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
 def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
     """``int(v)`` if ``v`` is an integer in ``[lo, hi)``; else a ``TypeError``/``ValueError`` naming ``name``."""
     if not is_int(v):

@@ -22,12 +22,12 @@ class ExactDenoiser:
     """A small batch-invariant denoiser whose float32 arithmetic is exact (small integers scaled by 1/8),
     so compiled and eager code give identical logits in any evaluation order; it depends on ``t``."""
 
-    def __init__(self, vocab: int, length: int, mask_id: int, seed: int = 0):
+    def __init__(self, vocab: int, length: int, mask_id: int, seed: int = 0, device: str = "cpu"):
         g = torch.Generator().manual_seed(seed)
-        self.embed = torch.randint(-3, 4, (vocab, 8), generator=g).float()
-        self.position = torch.randint(-3, 4, (length, 8), generator=g).float()
-        self.out = torch.randint(-2, 3, (8, vocab), generator=g).float()
-        self.not_mask = torch.arange(vocab) != mask_id
+        self.embed = torch.randint(-3, 4, (vocab, 8), generator=g).float().to(device)
+        self.position = torch.randint(-3, 4, (length, 8), generator=g).float().to(device)
+        self.out = torch.randint(-2, 3, (8, vocab), generator=g).float().to(device)
+        self.not_mask = torch.arange(vocab, device=device) != mask_id
 
     def __call__(self, x, t):
         h = self.embed[x] + self.position

@@ -236,7 +236,8 @@ class _Mixing(torch.nn.Module):
         return h @ self.out
 
 
-def _count_reads(sampler, x, monkeypatch):
+def _reads_during(fn, monkeypatch):
+    """``(fn(), host reads during it)``: the aten ops of :class:`_CountHostReads` and ``.tolist()`` calls."""
     calls = [0]
     tolist = torch.Tensor.tolist
 
@@ -246,9 +247,33 @@ def _count_reads(sampler, x, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "tolist", counted)
     with _CountHostReads() as mode:
-        result = sampler.sample(x, seed=3)
+        result = fn()
     monkeypatch.setattr(torch.Tensor, "tolist", tolist)
     return result, mode.reads + calls[0]
+
+
+def _count_reads(sampler, x, monkeypatch):
+    return _reads_during(lambda: sampler.sample(x, seed=3), monkeypatch)
+
+
+def test_no_value_checks_read_while_a_cuda_graph_is_captured(monkeypatch):
+    """The shipped model's token check, the positions protocol's index check and the SEDD adapter's
+    check of its time input read device data, which CUDA graph capture forbids: they are skipped while
+    a stream is captured (simulated here by patching the capture query) and made otherwise."""
+    from pit_sampler.adapters import SEDDScoreModel
+    from pit_sampler.models import digits, load_pretrained
+
+    model = load_pretrained("digits")
+    sedd = SEDDScoreModel(lambda x, sigma: torch.zeros(*x.shape, 9), mask_id=8, vocab_size=9)
+    x, t = torch.full((2, digits.LENGTH), digits.MASK_ID), torch.full((2,), 0.5)
+
+    def calls():
+        return model(x, t, positions=torch.arange(5)), sedd(torch.full((2, 6), 8), t)
+
+    assert _reads_during(calls, monkeypatch)[1] >= 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _reads_during(calls, monkeypatch)[1] == 0
 
 
 @pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="the reference backend reads (nonzero)")

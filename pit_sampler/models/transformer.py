@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import HEAD_BLOCK, check_positions, rowwise, take
-from ..validation import is_int
+from ..validation import is_int, reads_allowed
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _FORMAT = "pit-sampler/masked-diffusion-transformer/1"
@@ -244,7 +244,7 @@ class MaskedDiffusionTransformer(nn.Module):
                             f"of shape {tuple(getattr(x, 'shape', ()))}")
         if not (x.shape[1] == self.length):
             raise ValueError(f"x has {x.shape[1]} positions, the model was built for length={self.length}")
-        if x.numel() and not torch.compiler.is_compiling():
+        if x.numel() and reads_allowed():
             low, high = torch.stack([x.min(), x.max()]).tolist()  # one host read
             if not (0 <= low and high < self.vocab_size):
                 raise ValueError(f"x holds token ids outside [0, vocab_size={self.vocab_size})")
