@@ -119,12 +119,12 @@ def best_fixed(fixed: dict) -> dict:
 def run(reps: int = 3) -> dict:
     rows = []
     for name, kind, den, x, kw in settings():
-        den = timed = TimedDenoiser(den)
+        den = TimedDenoiser(den)
         makers = {"auto (warm)": lambda: PITSampler(den, window="auto", **kw),
                   "sequential": lambda: TauLeapingSampler(den, **kw),
                   "auto": lambda: PITSampler(den, window="auto", **kw)}  # each auto run next to a sequential one
         makers.update({w: (lambda w=w: PITSampler(den, window=w, **kw)) for w in FIXED[kind]})
-        runs = timed_runs(makers, x, reps, timed)
+        runs = timed_runs(makers, x, reps, den)
         seq_times, seq_outside, seq = runs.pop("sequential")
         seq_time = min(seq_times)
         entry = {"setting": name, "sequential": {"seconds": seq_time, "rounds": seq.rounds, "times": seq_times,

@@ -31,10 +31,11 @@ def reads_allowed() -> bool:
     """Whether code may read device data now: not while ``torch.compile`` traces it (a read would
     break the graph) and not while a CUDA stream is being captured into a graph (a read is illegal
     there). Checks of values are skipped then; a round's eager runs (before capture, and without
-    compile) still make them."""
+    compile) still make them. A stream can be capturing only once CUDA is initialized (a flag, cheap
+    enough for every call of a model)."""
     if torch.compiler.is_compiling():
         return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
 
 def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:

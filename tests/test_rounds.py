@@ -271,7 +271,7 @@ def test_no_value_checks_read_while_a_cuda_graph_is_captured(monkeypatch):
         return model(x, t, positions=torch.arange(5)), sedd(torch.full((2, 6), 8), t)
 
     assert _reads_during(calls, monkeypatch)[1] >= 3
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert _reads_during(calls, monkeypatch)[1] == 0
 
