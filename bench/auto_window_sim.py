@@ -27,7 +27,6 @@ import json
 import math
 import random
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -46,6 +45,7 @@ SETTINGS = {  # name: (oracle, length, num_steps, grid)
     "hmm L=256": ("hmm", 256, 1024, "geometric"),
     "mixture L=256": ("mixture", 256, 1024, "uniform"),
     "hmm L=128": ("hmm", 128, 512, "geometric"),
+    "mixture L=128": ("mixture", 128, 512, "uniform"),
 }
 
 
@@ -65,8 +65,8 @@ class SimulatedDevice:
     def timed(self, sampler, x):
         """``(simulated seconds, result)`` of ``sampler.sample(x)``, the sampler's timer on the clock."""
         start = self.clock
-        with mock.patch("pit_sampler.samplers.time.perf_counter", lambda: self.clock):
-            result = sampler.sample(x, seed=0)
+        sampler.engine.clock = lambda: self.clock
+        result = sampler.sample(x, seed=0)
         return self.clock - start, result
 
 

@@ -7,7 +7,7 @@ unmasking by confidence, margin, entropy or at random, sequential or exact Picar
 """
 
 from . import ops
-from .config import SamplerConfig, TauLeapingConfig
+from .config import MaskGITConfig, PITConfig, SamplerConfig, TauLeapingConfig
 from .guidance import ClassifierFreeGuidance
 from .maskgit import MaskGITSampler
 from .noise import sample_seeds
@@ -24,6 +24,8 @@ __all__ = [
     "SampleResult",
     "SamplerConfig",
     "TauLeapingConfig",
+    "PITConfig",
+    "MaskGITConfig",
     "ops",
     "Schedule",
     "LogLinear",

@@ -2,10 +2,13 @@
 
 :class:`SamplerConfig` holds what every sampler takes (tau-leaping, PIT, MaskGIT): the mask token,
 the number of steps, the draw temperature, the vocabulary size if known, the memory cap on rows per
-call, the progress bar and ``torch.compile``. :class:`TauLeapingConfig` adds the absorbing-diffusion
-process of :class:`~pit_sampler.TauLeapingSampler` and :class:`~pit_sampler.PITSampler` (schedule,
-jump rule, time grid, final step, parametrization, skip-inactive) and the device-side options
-(``sync_every``, ``cuda_graph``). Both are frozen: a sampler's settings cannot drift after it is made.
+call, the progress bar, ``torch.compile`` and the device-side options (``sync_every``,
+``cuda_graph``). :class:`TauLeapingConfig` adds the absorbing-diffusion process of
+:class:`~pit_sampler.TauLeapingSampler` and :class:`~pit_sampler.PITSampler` (schedule, jump rule,
+time grid, final step, parametrization, skip-inactive, top-k/top-p); :class:`PITConfig` the Picard
+settings (window, tol, mode, max_iters), so one config describes a whole run; :class:`MaskGITConfig`
+the k-per-step process and its Picard settings. All are frozen: a sampler's settings cannot drift
+after it is made.
 
 A sampler takes its arguments as keywords (``PITSampler(den, mask_id=..., num_steps=...)``) or as a
 config (``PITSampler(den, config=cfg)``, keywords then override fields). Settings a denoiser adapter
@@ -19,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .maskgit_reference import ORDERS as MASKGIT_ORDERS
 from .rules import RULES
 from .schedules import GRIDS, Schedule, get_schedule, time_grid
 from .truncation import check_truncation
-from .validation import check_temperature, is_int
+from .validation import check_temperature, is_int, is_real
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,9 @@ class SamplerConfig:
     logits are scaled by ``1 / temperature`` before a draw (``0``: greedy); ``vocab_size``: ``V`` if
     known (else learned from the first call); ``max_rows``: the most rows of one denoiser call (a
     memory budget; ``None``: no cap); ``progress``: a tqdm bar; ``compile``: ``True`` or a dict of
-    ``torch.compile`` options, to compile a round with ``fullgraph=True``."""
+    ``torch.compile`` options, to compile a round with ``fullgraph=True``; ``sync_every``: rounds
+    between host polls (``None``: 1 on the CPU, 8 on an accelerator); ``cuda_graph``: capture a round
+    as a CUDA graph and replay it."""
 
     mask_id: int
     num_steps: int
@@ -42,6 +48,8 @@ class SamplerConfig:
     max_rows: int | None = None
     progress: bool = False
     compile: bool | dict = False
+    sync_every: int | None = None
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if not (is_int(self.mask_id) and self.mask_id >= 0):
@@ -57,10 +65,15 @@ class SamplerConfig:
         if not isinstance(self.compile, (bool, dict)):
             raise TypeError(
                 f"compile must be a bool or a dict of torch.compile options, got {type(self.compile).__name__}")
+        if not (self.sync_every is None or (is_int(self.sync_every) and self.sync_every >= 1)):
+            raise ValueError(f"sync_every must be None or an int >= 1, got {self.sync_every!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(self.cuda_graph).__name__}")
         self._set(mask_id=int(self.mask_id), num_steps=int(self.num_steps),
                   temperature=float(check_temperature(self.temperature)),
                   vocab_size=None if self.vocab_size is None else int(self.vocab_size),
-                  max_rows=None if self.max_rows is None else int(self.max_rows))
+                  max_rows=None if self.max_rows is None else int(self.max_rows),
+                  sync_every=None if self.sync_every is None else int(self.sync_every))
 
     def _set(self, **values) -> None:
         """Store normalised values (``int`` for numpy ints, ...) in the frozen instance."""
@@ -68,14 +81,20 @@ class SamplerConfig:
             object.__setattr__(self, name, value)
 
     @classmethod
-    def arguments(cls, config: "SamplerConfig | None", overrides: dict) -> dict:
-        """The fields a sampler is built from: ``config``'s (every field counts as given) with the
-        keyword ``overrides`` on top; only ``overrides`` when there is no config."""
+    def arguments(cls, config: "SamplerConfig | None", overrides: dict, family: type | None = None) -> dict:
+        """The fields a sampler is built from: ``config``'s fields that ``cls`` has (every one counts as
+        given) with the keyword ``overrides`` on top; only ``overrides`` when there is no config.
+        ``config`` must be a ``family`` (default ``cls``): e.g. a :class:`TauLeapingConfig` serves
+        both :class:`~pit_sampler.TauLeapingSampler` and :class:`~pit_sampler.PITSampler`, and a
+        :class:`PITConfig` gives the sequential sampler its process (its window settings aside)."""
         if config is None:
             return dict(overrides)
-        if not isinstance(config, cls):
-            raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-        return {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, **overrides}
+        family = family or cls
+        if not isinstance(config, family):
+            raise TypeError(f"config must be a {family.__name__}, got {type(config).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        own = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+        return {**own, **overrides}
 
 
 @dataclass(frozen=True)
@@ -87,8 +106,7 @@ class TauLeapingConfig(SamplerConfig):
     (:func:`pit_sampler.time_grid`); ``final``: ``"sample"`` or ``"argmax"`` at the last step;
     ``parametrization``: ``"mean"`` (the model gives ``p(x_0 | x_t)``) or ``"score"``;
     ``skip_inactive`` (``None``: on for the mean parametrization): run only the steps at which a
-    position unmasks; ``sync_every``: rounds between host polls (``None``: 1 on the CPU, 8 on an
-    accelerator); ``cuda_graph``: capture a round as a CUDA graph and replay it; ``top_k``, ``top_p``:
+    position unmasks; ``top_k``, ``top_p``:
     truncate the rows a token is drawn from, as Hugging Face defines them
     (:func:`pit_sampler.truncation.truncate_logits`; mean parametrization)."""
 
@@ -100,8 +118,6 @@ class TauLeapingConfig(SamplerConfig):
     final: str = "sample"
     parametrization: str = "mean"
     skip_inactive: bool | None = None
-    sync_every: int | None = None
-    cuda_graph: bool = False
     top_k: int | None = None
     top_p: float | None = None
 
@@ -119,16 +135,12 @@ class TauLeapingConfig(SamplerConfig):
             raise TypeError(f"skip_inactive must be None or a bool, got {type(self.skip_inactive).__name__}")
         if self.score and self.skip_inactive:
             raise ValueError("skip_inactive needs the mean parametrization (score rates depend on the model)")
-        if not (self.sync_every is None or (is_int(self.sync_every) and self.sync_every >= 1)):
-            raise ValueError(f"sync_every must be None or an int >= 1, got {self.sync_every!r}")
-        if not isinstance(self.cuda_graph, bool):
-            raise TypeError(f"cuda_graph must be a bool, got {type(self.cuda_graph).__name__}")
         top_k, top_p = check_truncation(self.top_k, self.top_p)
         if self.score and (top_k is not None or top_p is not None):
             raise ValueError("top_k/top_p need the mean parametrization (score logits also set the jump rates)")
         get_schedule(self.schedule)  # a known name or a Schedule
         time_grid(self.num_steps, self.grid, self.t_max, self.t_min)  # checks t_max, t_min
-        self._set(sync_every=None if self.sync_every is None else int(self.sync_every), top_k=top_k, top_p=top_p)
+        self._set(top_k=top_k, top_p=top_p)
 
     @property
     def skips_inactive(self) -> bool:
@@ -139,3 +151,67 @@ class TauLeapingConfig(SamplerConfig):
     def score(self) -> bool:
         """Whether the model gives scores (concrete-score ratios) rather than ``p(x_0 | x_t)``."""
         return self.parametrization == "score"
+
+
+def check_picard(window, tol, mode: str, max_iters) -> None:
+    """The Picard settings of a run (:mod:`pit_sampler.engine.accept`): ``window`` ``"auto"`` or an
+    int >= 1, ``tol`` in ``[0, 1)``, ``mode`` ``"exact"`` or ``"fixed"`` (a fixed window and
+    ``max_iters >= 1``; ``max_iters`` only there)."""
+    auto = isinstance(window, str) and window == "auto"
+    if not (auto or (is_int(window) and window >= 1)):
+        raise ValueError(f"window must be 'auto' or an int >= 1, got {window!r}")
+    if mode not in ("exact", "fixed"):
+        raise ValueError(f"mode must be 'exact' or 'fixed', got {mode!r}")
+    if auto and mode == "fixed":
+        raise ValueError("mode='fixed' runs blocks of a fixed window: give window an int, not 'auto'")
+    if not (is_real(tol) and 0.0 <= tol < 1.0):
+        raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
+    if mode == "fixed" and not (is_int(max_iters) and max_iters >= 1):
+        raise ValueError(f"mode='fixed' needs max_iters, an int >= 1, got {max_iters!r}")
+    if mode == "exact" and max_iters is not None:
+        raise ValueError("max_iters applies to mode='fixed' (exact mode iterates until each slice converges)")
+
+
+@dataclass(frozen=True)
+class PITConfig(TauLeapingConfig):
+    """:class:`TauLeapingConfig` and the Picard settings of :class:`~pit_sampler.PITSampler`, so that
+    one config describes a whole run: ``window`` (``"auto"`` or an int), ``tol``, ``mode``
+    (``"exact"``/``"fixed"``) and ``max_iters`` (:func:`check_picard`)."""
+
+    window: int | str = "auto"
+    tol: float = 0.0
+    mode: str = "exact"
+    max_iters: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_picard(self.window, self.tol, self.mode, self.max_iters)
+        self._set(window=self.window if self.window == "auto" else int(self.window), tol=float(self.tol))
+
+
+@dataclass(frozen=True)
+class MaskGITConfig(SamplerConfig):
+    """:class:`SamplerConfig` and the k-per-step process of :class:`~pit_sampler.MaskGITSampler`:
+    ``order`` (:data:`pit_sampler.maskgit_reference.ORDERS`), ``unmask_schedule`` (``linear`` or
+    ``cosine``), ``block_length`` (``None`` or an int >= 1), and the Picard settings ``window``
+    (default 1: sequential), ``tol``, ``mode``, ``max_iters`` (:func:`check_picard`)."""
+
+    order: str = "confidence"
+    unmask_schedule: str = "linear"
+    block_length: int | None = None
+    window: int | str = 1
+    tol: float = 0.0
+    mode: str = "exact"
+    max_iters: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.order not in MASKGIT_ORDERS:
+            raise ValueError(f"order must be one of {MASKGIT_ORDERS}, got {self.order!r}")
+        if self.unmask_schedule not in ("linear", "cosine"):
+            raise ValueError(f"unmask_schedule must be one of ('linear', 'cosine'), got {self.unmask_schedule!r}")
+        if not (self.block_length is None or (is_int(self.block_length) and self.block_length >= 1)):
+            raise ValueError(f"block_length must be None or an int >= 1, got {self.block_length!r}")
+        check_picard(self.window, self.tol, self.mode, self.max_iters)
+        self._set(window=self.window if self.window == "auto" else int(self.window), tol=float(self.tol),
+                  block_length=None if self.block_length is None else int(self.block_length))

@@ -32,6 +32,7 @@ rank that raises while sampling reports it in the next exchange, and every rank 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 
@@ -39,10 +40,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import rows as rowmaps
+from .engine import rows as rowmaps
+from .engine.round import Round
+from .engine.rows import _pack
 from .noise import sample_seeds
-from .rows import _pack
-from .samplers import PITSampler, SampleResult, _spans
+from .samplers import PITSampler, SampleResult, checked_x_init
 
 
 def init(backend: str | None = None, timeout_s: float = 120.0) -> None:
@@ -118,7 +120,7 @@ def sample_batch(sampler, x_init: Tensor, seed: int | Tensor = 0, *, group=None,
     B = x_init.shape[0]
     seeds = sample_seeds(seed, B, x_init.device)
     check_same(group, batch=tuple(x_init.shape), seeds=_describe(seeds), x_init=_describe(x_init),
-               config=repr(getattr(sampler, "config", None)), window=getattr(sampler, "window", 1))
+               window=getattr(sampler, "window", 1), config=repr(getattr(sampler, "config", None)))
     part = shard(B, rank, size)
     failed, local = None, None
     if part.stop > part.start:  # a batch smaller than the group leaves some ranks idle (local is None)
@@ -153,93 +155,106 @@ class WindowParallelPIT(PITSampler):
     logits rows instead would move per round (``drawn x V x 4``)."""
 
     def __init__(self, denoiser, *, group=None, **kwargs):
-        super().__init__(denoiser, **kwargs)
-        if self.config.score:
-            raise ValueError("window parallelism needs the mean parametrization (score draws depend on the model)")
-        if self.auto:
-            raise ValueError("window parallelism needs an int window (every rank must run the same windows)")
-        if self.compiled or self.config.cuda_graph:
-            raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
         self.group = group
-        self._payload: list[int] = []
-        self._vocab: int | None = None
-        self._drawn: list[Tensor] = []
+        super().__init__(denoiser, **kwargs)
+        c = self.config
+        if c.score:
+            raise ValueError("window parallelism needs the mean parametrization (score draws depend on the model)")
+        if c.window == "auto":
+            raise ValueError("window parallelism needs an int window (every rank must run the same windows)")
+        if c.compile is not False or c.cuda_graph:
+            raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
+        self.engine.rule = dataclasses.replace(self.engine.rule, packing="draws")  # the plan says who draws what
         self.logits_bytes = 0.0
         self.drawn_per_round = 0.0
 
-    @property
-    def _draws_known(self) -> bool:
-        return True
+    def round_type(self, call, acceptance, tally):
+        return WindowParallelRound(call, acceptance, tally, self.group, lambda: self.engine.rounds_done)
 
-    def _owned(self, W: int, n: int) -> tuple[int, int, int]:
+    def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
+        x = checked_x_init(x_init, self.config)
+        c = self.config
+        check_same(self.group, shape=tuple(x.shape), x_init=_describe(x),
+                   seeds=_describe(sample_seeds(seed, x.shape[0], x.device)), window=c.window, tol=c.tol, mode=c.mode,
+                   config=repr(c))
+        r = self.engine.round
+        r.payload, r.drawn = [], []
+        result = self.engine.sample(x, sample_seeds(seed, x.shape[0], x.device))
+        rounds = max(1, len(r.payload))
+        result.exchanged_bytes = sum(r.payload) / rounds
+        self.drawn_per_round = float(torch.stack(r.drawn).sum()) / rounds if r.drawn else 0.0  # one read
+        self.logits_bytes = self.drawn_per_round * (r.vocab or 0) * 4
+        return result
+
+
+class WindowParallelRound(Round):
+    """A round whose window slices are split over the ranks of ``group`` (module docstring, mode 3);
+    ``rounds_done()`` names the round of a failure."""
+
+    def __init__(self, call, acceptance, tally, group, rounds_done):
+        super().__init__(call, acceptance, tally)
+        self.group, self.rounds_done = group, rounds_done
+        self.payload: list[int] = []
+        self.drawn: list[Tensor] = []
+        self.vocab: int | None = None
+
+    def owned(self, W: int, n: int) -> tuple[int, int, int]:
         """``(lo, hi, top)``: this rank's window slices ``lo <= u < hi``; it draws slices ``lo <= u < top``
         (the last rank also the extension slices ``W <= u < n``)."""
         rank, size = _group_size(self.group)
         lo, hi = rank * W // size, (rank + 1) * W // size
         return lo, hi, n if rank == size - 1 else hi
 
-    def _call_rows(self, W: int, B: int) -> int:
-        lo, hi, _ = self._owned(W, _spans(W))
-        return (hi - lo) * B
+    def cost(self, W: int, B: int, L: int, budget: int, rule) -> tuple[int, int]:
+        lo, hi, _ = self.owned(W, rule.span(W))
+        return (hi - lo) * B, budget if self.call.positions else (hi - lo) * B * L
 
-    def _logits_rows(self, W: int, B: int, L: int, budget: int) -> int:
-        lo, hi, _ = self._owned(W, _spans(W))
-        return budget if self.positions else (hi - lo) * B * L
-
-    def sample(self, x_init: Tensor, seed: int | Tensor = 0) -> SampleResult:
-        self._check_x_init(x_init)
-        check_same(self.group, shape=tuple(x_init.shape), x_init=_describe(x_init.to(torch.int64)),
-                   seeds=_describe(sample_seeds(seed, x_init.shape[0], x_init.device)), window=self.window,
-                   config=repr(self.config), tol=self.tol, mode=self.mode)
-        self._payload, self._drawn = [], []
-        result = super().sample(x_init, seed)
-        rounds = max(1, len(self._payload))
-        result.exchanged_bytes = sum(self._payload) / rounds
-        self.drawn_per_round = float(torch.stack(self._drawn).sum()) / rounds if self._drawn else 0.0  # one read
-        self.logits_bytes = self.drawn_per_round * (self._vocab or 0) * 4
-        return result
-
-    def _window_sweep(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab):
+    def evaluate(self, window, pos, steps, seeds, rule, plan, budget):
         """This rank's slices through the denoiser and the sweep; the drawn tokens all-reduced; the
         window's states, residuals and invalid counts rebuilt from them (the same on every rank)."""
         W = window.shape[0] - 1
         _, B, L = window.shape
         n = steps.shape[0]
-        u = rank - pos.unsqueeze(1)  # the slice that draws each position
-        drawn = (rank >= 0) & (u >= 0) & (u < n)
+        u = plan.rank - pos.unsqueeze(1)  # the slice that draws each position
+        drawn = (plan.rank >= 0) & (u >= 0) & (u < n)
         dest, fits = _pack(drawn.reshape(-1), budget)
         failed = None
         try:
-            tokens, invalid = self._own_draws(window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab,
-                                              u, drawn, dest, fits)
+            tokens, invalid = self._own_draws(window, pos, steps, seeds, rule, plan, budget, u, drawn, dest, fits)
         except Exception as err:  # reported to every rank through the exchange
             failed = err
             tokens = torch.zeros(budget, dtype=torch.int32, device=window.device)
             invalid = torch.zeros(n, B, dtype=torch.int32, device=window.device)
+        payload = self._exchange(tokens, invalid, failed)
+        self.drawn.append(drawn.sum())  # on the device: read once, after the run
+        tokens, invalid = payload[:budget].to(torch.int64), payload[budget : budget + n * B].view(n, B)
+        drawn_token = torch.where(fits, tokens[dest.clamp(0, budget - 1)], rule.spec.mask_id).view(B, L)
+        slices = torch.arange(n, device=u.device).view(n, 1, 1)
+        states = torch.where(drawn & (u <= slices), drawn_token, window[0])
+        residual = (states[:W] != window[1:]).sum(-1, dtype=torch.int32)
+        return states, residual, invalid, self.vocab
+
+    def _exchange(self, tokens: Tensor, invalid: Tensor, failed: Exception | None) -> Tensor:
+        """The all-reduce of every rank's drawn tokens, invalid counts and failure bit; raises on every
+        rank when one failed (one host read per round: the price of naming the failed rank at once)."""
         me, size = _group_size(self.group)
-        status = torch.zeros(1, dtype=torch.int32, device=window.device)
+        status = torch.zeros(1, dtype=torch.int32, device=tokens.device)
         status[0] = (1 << min(me, 30)) if failed is not None else 0
         payload = torch.cat([tokens, invalid.reshape(-1).to(torch.int32), status])
         try:
             dist.all_reduce(payload, group=self.group)
         except Exception as err:  # a timeout or a lost peer
-            raise RuntimeError(f"rank {me}: the token exchange of round {self.rounds_done} failed ({err})") from err
+            raise RuntimeError(f"rank {me}: the token exchange of round {self.rounds_done()} failed ({err})") from err
         if failed is not None:
-            raise RuntimeError(f"rank {me} failed in round {self.rounds_done}: {failed!r}") from failed
-        flags = int(payload[-1])  # one host read per round: the price of naming a failed rank at once
+            raise RuntimeError(f"rank {me} failed in round {self.rounds_done()}: {failed!r}") from failed
+        flags = int(payload[-1])
         if flags:
             bad = [r for r in range(min(size, 31)) if flags >> r & 1]
-            raise RuntimeError(f"rank {bad[0]} failed in round {self.rounds_done}; rank {me} stops too")
-        self._payload.append(payload.numel() * payload.element_size())
-        self._drawn.append(drawn.sum())  # on the device: read once, after the run
-        tokens, invalid = payload[:budget].to(torch.int64), payload[budget : budget + n * B].view(n, B)
-        drawn_token = torch.where(fits, tokens[dest.clamp(0, budget - 1)], self.config.mask_id).view(B, L)
-        slices = torch.arange(n, device=u.device).view(n, 1, 1)
-        states = torch.where(drawn & (u <= slices), drawn_token, window[0])
-        residual = (states[:W] != window[1:]).sum(-1, dtype=torch.int32)
-        return states, residual, invalid, self._vocab
+            raise RuntimeError(f"rank {bad[0]} failed in round {self.rounds_done()}; rank {me} stops too")
+        self.payload.append(payload.numel() * payload.element_size())
+        return payload
 
-    def _own_draws(self, window, pos, steps, rank, seeds, times, spec, budget, top_token, vocab, u, drawn, dest, fits):
+    def _own_draws(self, window, pos, steps, seeds, rule, plan, budget, u, drawn, dest, fits):
         """``(tokens [budget] int32, invalid [n, B])``: the tokens this rank's slices draw, at their
         slots of the window's packed draw list (0 elsewhere), and its slices' invalid counts (0 for
         the other slices). Its sweep starts from ``window[0]`` with the positions that earlier
@@ -247,25 +262,20 @@ class WindowParallelPIT(PITSampler):
         W = window.shape[0] - 1
         _, B, L = window.shape
         n = steps.shape[0]
-        lo, hi, top = self._owned(W, n)
-        mask_id = self.config.mask_id
+        lo, hi, top = self.owned(W, n)
+        mask_id = rule.spec.mask_id
         tokens = torch.zeros(budget + 1, dtype=torch.int32, device=window.device)
         invalid = torch.zeros(n, B, dtype=torch.int32, device=window.device)
         if hi == lo:  # more ranks than window slices: this rank draws nothing this round
             return tokens[:budget], invalid
         xs = window[lo:hi].reshape((hi - lo) * B, L)
-        ts = times[steps[lo:hi].clamp(min=0)].reshape(-1)
-        if self.positions:
-            index, rows = rowmaps.mean_rows(rank, pos, n, W, budget, owned=(lo, top))
-            out, shape = self.denoiser(xs, ts, positions=index), (index.shape[0],)
-        else:
-            rows = rowmaps.full_rows(n, W, B, L, xs.device, owned=(lo, top))
-            out, shape = self.denoiser(xs, ts), ((hi - lo) * B, L)
-        logits = self._checked(out, shape, xs.device, top_token, vocab)
-        self._vocab = logits.shape[-1]
+        ts = rule.times[steps[lo:hi].clamp(min=0)].reshape(-1)
+        index, rows = rowmaps.mean_rows(plan.rank, pos, n, W, budget, owned=(lo, top))
+        logits = rule.prepare(self.call(xs, ts, index))
+        self.vocab = logits.shape[-1]
         placeholder = 1 if mask_id == 0 else 0
         start = torch.where(drawn & (u < lo), placeholder, window[0])
-        states, _, _, sweep_invalid = spec(logits, rows, steps, start, window[1:], seeds)
+        states, _, _, sweep_invalid = rule.spec(logits, rows, steps, start, window[1:], seeds)
         slices = torch.arange(n, device=u.device).unsqueeze(1)
         invalid = torch.where((slices >= lo) & (slices < top), sweep_invalid, 0)
         mine = (drawn & (u >= lo) & (u < top)).reshape(-1) & fits

@@ -8,6 +8,8 @@ scalars are accepted wherever the Python type is (they are ``numbers.Integral``/
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 
@@ -27,13 +29,31 @@ def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+_CHECKED = contextvars.ContextVar("pit_sampler_inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Inside this block, :func:`reads_allowed` is false: the caller vouches for the inputs of the
+    calls it makes. A sampler enters it for every denoiser call of a ``sample()`` after the first
+    (whose inputs the package's denoisers check), so value checks cost one host read per run, not
+    one per round."""
+    token = _CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
 def reads_allowed() -> bool:
-    """Whether code may read device data now: not while ``torch.compile`` traces it (a read would
-    break the graph) and not while a CUDA stream is being captured into a graph (a read is illegal
-    there). Checks of values are skipped then; a round's eager runs (before capture, and without
-    compile) still make them. A stream can be capturing only once CUDA is initialized (a flag, cheap
-    enough for every call of a model)."""
+    """Whether code may read device data now, for a check of values: not while ``torch.compile``
+    traces it (a read would break the graph), not while a CUDA stream is being captured into a graph
+    (a read is illegal there), and not inside :func:`inputs_checked` (a sampler's calls after its
+    first). A stream can be capturing only once CUDA is initialized (a flag, cheap enough for every
+    call of a model)."""
     if torch.compiler.is_compiling():
+        return False
+    if _CHECKED.get():
         return False
     return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
@@ -96,9 +116,9 @@ def check_dense_tensor(name: str, t) -> None:
         raise ValueError(f"{name} is on the meta device (it holds no data)")
 
 
-def check_token_batch(name: str, x, vocab_size: int | None) -> int:
-    """``x`` is a dense integer tensor ``[B, L]`` (``B, L >= 1``) of token ids in ``[0, vocab_size)``;
-    returns its largest id. One host read (the min and max together)."""
+def check_token_batch(name: str, x) -> None:
+    """``x`` is a dense integer tensor ``[B, L]`` with ``B, L >= 1`` (static facts: no host read; the
+    ids' range is :func:`check_token_range`'s)."""
     check_dense_tensor(name, x)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got {x.dtype}")
@@ -108,9 +128,12 @@ def check_token_batch(name: str, x, vocab_size: int | None) -> int:
         raise ValueError(f"{name} is an empty batch (B = 0)")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no positions (L = 0)")
-    low, top = torch.stack([x.min(), x.max()]).tolist()
+
+
+def check_token_range(name: str, low: int, top: int, vocab_size: int | None) -> None:
+    """The ids of a token batch (its smallest ``low`` and largest ``top``, read by the caller) lie in
+    ``[0, vocab_size)``."""
     if low < 0:
         raise ValueError(f"{name} holds negative token ids")
     if vocab_size is not None and top >= vocab_size:
         raise ValueError(f"{name} holds token id {top}, out of range for vocab_size={vocab_size}")
-    return top

@@ -20,10 +20,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pit_sampler as ps
-from pit_sampler import noise, ops, rows as rowmaps
-from pit_sampler.plan import reach_bound, make_plan
+from pit_sampler import noise, ops
+from pit_sampler.engine import rows as rowmaps
+from pit_sampler.engine.plan import reach_bound
+from pit_sampler.steps.tau_leaping import make_plan
 from pit_sampler.rules import step_tables
-from pit_sampler.samplers import C_HOST_READS, record_errors, slide
+from pit_sampler.engine.accept import record_errors
+from pit_sampler.engine.run import C_HOST_READS
+from pit_sampler.engine.window import slide
 from pit_sampler.schedules import get_schedule, time_grid
 from pit_sampler.testing import Gathered, make_oracle
 
@@ -276,18 +280,66 @@ def test_no_value_checks_read_while_a_cuda_graph_is_captured(monkeypatch):
     assert _reads_during(calls, monkeypatch)[1] == 0
 
 
-@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="the reference backend reads (nonzero)")
-@pytest.mark.parametrize("sync_every", [1, 3, 8])
-def test_host_reads_are_bounded(sync_every, monkeypatch):
-    model = _Mixing()
+def _digits_model():
+    from pit_sampler.models import digits, load_pretrained
+
+    x = torch.full((4, digits.LENGTH), digits.MASK_ID)
+    x[0, :8] = 3  # a prompt
+    return load_pretrained("digits"), x, dict(mask_id=digits.MASK_ID)
+
+
+def _hf_model():
+    transformers = pytest.importorskip("transformers")
+    from pit_sampler.adapters import HFMaskedLM
+
+    config = transformers.BertConfig(vocab_size=21, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=24, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(config).eval()
+    x = torch.full((3, 24), 20)
+    x[1, :5] = 4
+    return HFMaskedLM(model, mask_id=20), x, {}
+
+
+def _sedd_model():
+    from pit_sampler.adapters import SEDDScoreModel
+
+    table = torch.randn(9, 9, generator=torch.Generator().manual_seed(2)) - 3
+    x = torch.full((3, 16), 8)
+    x[2, :4] = 1
+    return SEDDScoreModel(lambda x, sigma: table[x] + 0.1 * sigma.view(-1, 1, 1), mask_id=8, vocab_size=9), x, {}
+
+
+def _mixing_model():
     x = torch.full((4, 48), 6)
-    x[0, :2] = 1  # a prompt: the vocabulary probe's reads are part of the constant
-    kw = dict(mask_id=6, num_steps=96)
+    x[0, :2] = 1  # a prompt: the vocabulary probe
+    return _Mixing().eval(), x, dict(mask_id=6)
+
+
+SAMPLERS = {
+    "sequential": lambda den, kw: ps.TauLeapingSampler(den, num_steps=96, **kw),
+    "pit": lambda den, kw: ps.PITSampler(den, num_steps=96, window=8, **kw),
+    "auto": lambda den, kw: ps.PITSampler(den, num_steps=96, **kw),
+    "maskgit": lambda den, kw: ps.MaskGITSampler(den, num_steps=8, window=4, **kw),
+}
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="the reference backend reads (nonzero)")
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("model,sync_every", [("mixing", 1), ("mixing", 3), ("mixing", 8), ("digits", 8), ("hf", 8),
+                                              ("sedd", 8)])
+def test_host_reads_are_bounded(model, sync_every, sampler, monkeypatch):
+    """Eager sampling reads device data at most ``ceil(rounds / sync_every) + C_HOST_READS`` times:
+    one read per poll, a fixed handful per run; the package's own denoisers (the shipped digits
+    model, HFMaskedLM on a real transformers class, the SEDD adapter) check values on the run's first
+    call only, not on every round."""
+    den, x, kw = {"mixing": _mixing_model, "digits": _digits_model, "hf": _hf_model, "sedd": _sedd_model}[model]()
+    if sampler == "maskgit" and model == "sedd":
+        pytest.skip("MaskGIT reads probabilities, not SEDD log-scores")
+    make = SAMPLERS[sampler]
     with ops.use_backend("native"):
-        seq, seq_reads = _count_reads(ps.TauLeapingSampler(model, **kw), x, monkeypatch)
-        pit, pit_reads = _count_reads(ps.PITSampler(model, window=4, sync_every=sync_every, **kw), x, monkeypatch)
-    assert torch.equal(seq.tokens, pit.tokens)
-    assert seq.rounds > 3 * C_HOST_READS  # reads do not grow with rounds
-    assert seq_reads <= C_HOST_READS, seq_reads
-    assert pit_reads <= math.ceil(pit.rounds / sync_every) + C_HOST_READS, (pit_reads, pit.rounds)
-    assert pit.polls >= math.ceil(pit.rounds / sync_every) - 1  # the count sees the polls
+        out, reads = _count_reads(make(den, dict(sync_every=sync_every, **kw)), x, monkeypatch)
+    assert not bool((out.tokens == x[-1, -1]).any())  # every builder's last position is masked
+    assert out.rounds > 2 * C_HOST_READS or sampler != "sequential"  # reads do not grow with rounds
+    assert reads <= math.ceil(out.rounds / sync_every) + C_HOST_READS, (reads, out.rounds)
+    assert out.polls >= math.ceil(out.iterations / sync_every) - 1  # the count sees the polls

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pit_sampler as ps
-from pit_sampler.plan import make_plan
+from pit_sampler.steps.tau_leaping import make_plan
 from pit_sampler.rules import FIRST, REJECT, TWEEDIE, UNREACHABLE, step_tables
 from pit_sampler.schedules import Schedule, get_schedule, time_grid
 
@@ -188,9 +188,9 @@ def test_tables_and_plans_cost_what_is_used():
 
     sampler = ps.PITSampler(den, mask_id=7, num_steps=10**5, window=200_000, vocab_size=8)
     seeds = torch.arange(B)
-    plan = make_plan(x, seeds, sampler.tables, 7, 10**5, skip_inactive=True, need_rank=False)
+    plan = make_plan(x, seeds, sampler.engine.rule.spec, 7, 10**5, skip_inactive=True, need_rank=False)
     assert plan.steps.shape[1] <= L + 1 and (plan.total <= L + 1).all()
-    plan = make_plan(x, seeds, sampler.tables, 7, 10**5, skip_inactive=False, need_rank=False)
+    plan = make_plan(x, seeds, sampler.engine.rule.spec, 7, 10**5, skip_inactive=False, need_rank=False)
     assert plan.steps.stride(0) == 0 and (plan.total == 10**5 + 1).all()  # no [B, N] copy
     out = sampler.sample(x, seed=1)
     assert not (out.tokens == 7).any() and max(out.windows) <= 2 * L  # steps left, rounded up to a power of 2

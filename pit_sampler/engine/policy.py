@@ -124,6 +124,53 @@ class WindowStats:
         self.measured, self.saturations, self.samples = 0, 0, 0
 
 
+def _points(stats) -> list[tuple[float, float]]:
+    """``(rows, seconds)`` of every timed window, the seconds made non-decreasing in rows (a call with
+    more rows never costs less): adjacent violators are pooled, weighted by their timed calls, so
+    timing noise on a flat (latency-bound) device does not rank equal costs."""
+    blocks = []  # [rows of each pooled point, weighted seconds, weight]
+    for st in sorted((st for st in stats if st.rounds > 0), key=lambda st: st.rows):
+        blocks.append([[st.rows], st.seconds * len(st.recent), len(st.recent)])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            rows, total, weight = blocks.pop()
+            blocks[-1][0] += rows
+            blocks[-1][1] += total
+            blocks[-1][2] += weight
+    return [(r, total / weight) for rows, total, weight in blocks for r in rows]
+
+
+def _exponent(points) -> float:
+    """The power law's exponent above the largest timed row count: through the two largest points,
+    clipped to ``[0, 1]`` (1 with fewer than two)."""
+    if len(points) < 2:
+        return 1.0
+    (rp, cp), (r1, c1) = points[-2], points[-1]
+    if not (rp < r1 and min(cp, c1) > 0):
+        return 1.0
+    return min(1.0, max(0.0, math.log(c1 / cp) / math.log(r1 / rp)))
+
+
+def call_cost(stats, rows: float, margin: float | None = None) -> float:
+    """Estimated seconds of a call of ``rows`` rows from the timed windows ``stats`` (module
+    docstring); ``nan`` before any timing. ``margin`` (the cost a probe risks): above the largest
+    timed row count, the exponent is raised by ``margin`` (and is 1 from a single point)."""
+    points = _points(stats)
+    if not points:
+        return math.nan
+    (r0, c0), (r1, c1) = points[0], points[-1]
+    if rows <= r0:
+        return c0 * rows / r0
+    if rows >= r1:  # a power law: concave, like a device
+        if len(points) == 1 and margin is None:
+            return c1
+        beta = _exponent(points)
+        return c1 * (rows / r1) ** (beta if margin is None else min(1.0, beta + margin))
+    for (ra, ca), (rb, cb) in zip(points, points[1:]):
+        if ra <= rows <= rb:
+            return ca + (cb - ca) * (rows - ra) / max(rb - ra, 1e-9)
+    return c1
+
+
 @dataclass
 class WindowPolicy:
     """The policy of the module docstring. ``start()`` begins a ``sample()`` call, ``choose()`` gives
@@ -169,49 +216,9 @@ class WindowPolicy:
         self._last_window = 1  # a run starts from fresh guesses: a transition from W = 1
 
     # -- the estimates ------------------------------------------------------------------------
-    def _points(self) -> list[tuple[float, float]]:
-        """``(rows, seconds)`` of every timed window, the seconds made non-decreasing in rows (a call
-        with more rows never costs less): adjacent violators are pooled, weighted by their timed calls,
-        so timing noise on a flat (latency-bound) device does not rank equal costs."""
-        blocks = []  # [rows of each pooled point, weighted seconds, weight]
-        for st in sorted((st for st in self.stats.values() if st.rounds > 0), key=lambda st: st.rows):
-            blocks.append([[st.rows], st.seconds * len(st.recent), len(st.recent)])
-            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
-                rows, total, weight = blocks.pop()
-                blocks[-1][0] += rows
-                blocks[-1][1] += total
-                blocks[-1][2] += weight
-        return [(r, total / weight) for rows, total, weight in blocks for r in rows]
-
-    def _exponent(self, points) -> float:
-        """The power law's exponent above the largest timed row count: through the two largest points,
-        clipped to ``[0, 1]`` (1 with fewer than two)."""
-        if len(points) < 2:
-            return 1.0
-        (rp, cp), (r1, c1) = points[-2], points[-1]
-        if not (rp < r1 and min(cp, c1) > 0):
-            return 1.0
-        return min(1.0, max(0.0, math.log(c1 / cp) / math.log(r1 / rp)))
-
     def cost(self, rows: float, pessimistic: bool = False) -> float:
-        """Estimated seconds of a call of ``rows`` rows (module docstring); ``nan`` before any timing.
-        ``pessimistic``: above the largest timed row count, the exponent is raised by ``margin`` (and
-        is 1 from a single point), the cost a probe risks."""
-        points = self._points()
-        if not points:
-            return math.nan
-        (r0, c0), (r1, c1) = points[0], points[-1]
-        if rows <= r0:
-            return c0 * rows / r0
-        if rows >= r1:  # a power law: concave, like a device
-            if len(points) == 1 and not pessimistic:
-                return c1
-            beta = self._exponent(points)
-            return c1 * (rows / r1) ** (min(1.0, beta + self.margin) if pessimistic else beta)
-        for (ra, ca), (rb, cb) in zip(points, points[1:]):
-            if ra <= rows <= rb:
-                return ca + (cb - ca) * (rows - ra) / max(rb - ra, 1e-9)
-        return c1
+        """Estimated seconds of a call of ``rows`` rows (:func:`call_cost` of the timed windows)."""
+        return call_cost(self.stats.values(), rows, self.margin if pessimistic else None)
 
     def accepted(self, w: int, base: int | None = None) -> float:
         """Estimated steps per sample per round of window ``w`` (``nan`` if unknown): the product of
@@ -304,21 +311,23 @@ class WindowPolicy:
         self._probe, self.current = None, window
         return window
 
-    def observe(self, window: int, seconds: float, rows: int, accepted: list[float], left: list[int]) -> None:
-        """One round ran ``window`` on ``len(accepted)`` samples with ``rows`` rows in ``seconds``; sample
-        ``b`` had ``left[b]`` steps to go and accepted ``accepted[b]`` of them."""
+    def observe(self, window: int, seconds: float, rows: int, tally: list[list[int]], left: int) -> None:
+        """One round ran ``window`` with ``rows`` rows in ``seconds``. ``tally``: its
+        :func:`~pit_sampler.engine.window.acceptance_tally`, for ``v = 1, 2, 4, ..``: over the samples
+        with at least ``v`` steps left, the sums of ``min(k, v)`` and ``min(k, v / 2)``, their number,
+        and how many accepted all ``v`` slices with steps to spare; ``left``: the most steps a sample
+        has left after it."""
         self._round += 1
         calls = self._calls.get(window, 0) + 1
         self._calls[window] = calls
         previous, self._last_window = self._last_window, window
-        if not accepted:
+        if not tally or tally[0][2] == 0:  # no sample had a step left
             return
-        self.batch = len(accepted)
-        self._left = max(r - k for k, r in zip(accepted, left))
+        self.batch, self._left = tally[0][2], left
         if self._round > self._run_start + 1 and calls > self.warmup:  # not the run's first call, nor a
             self.stats.setdefault(window, WindowStats()).time(seconds, rows)  # size's first (compilation)
             if window == self._probe:
-                self._probe_work[0] += sum(accepted)
+                self._probe_work[0] += tally[-1][0]  # every step accepted: min(k, W) = k
                 self._probe_work[1] += seconds
         if window > previous:  # new slices start from guesses: only the old ones count, and the next
             valid = previous  # rounds are a transient (the new slices are not yet refined)
@@ -327,17 +336,20 @@ class WindowPolicy:
             valid, self._settling = 0, self._settling - 1
         else:
             valid, self._settling = window, 0
-        w = 1
-        while w <= valid:  # samples with fewer than w steps left cannot show min(k, w)
-            here, eligible = w == window, [(k, r) for k, r in zip(accepted, left) if r >= w]
-            if not eligible:
+        for i, (longer, shorter, n, full) in enumerate(tally):
+            w = 1 << i
+            if w > valid or n == 0:  # samples with fewer than w steps left cannot show min(k, w)
                 break
-            n = len(eligible)
-            sat = sum(k >= w - 1e-9 and r > w for k, r in eligible) / n if here else None
-            longer = sum(min(k, w) for k, _ in eligible) / n
-            shorter = sum(min(k, w // 2) for k, _ in eligible) / n if w > 1 else longer
-            self.stats.setdefault(w, WindowStats()).accept(longer, shorter, sat, self.smoothing, n if here else 0)
-            w *= 2
+            here = w == window
+            self.stats.setdefault(w, WindowStats()).accept(longer / n, shorter / n, full / n if here else None,
+                                                          self.smoothing, n if here else 0)
+
+    def observe_rounds(self, window: int, seconds: float, rows: int, tallies: list, left: int) -> None:
+        """The rounds between two polls, each with its own tally (:meth:`observe`); ``seconds``: their
+        mean time. Acceptance is learned per round, never averaged over a poll interval first
+        (``E[min(k, W)] != min(E[k], W)``)."""
+        for tally in tallies:
+            self.observe(window, seconds, rows, tally, left)
 
     def report(self) -> dict:
         """The cost model as measured: per window, seconds and rows per call, accepted steps per sample,
