@@ -301,6 +301,8 @@ def _sweep_args(W=2, B=3):
         (dict(rule=3), ValueError, "rule"),
         (dict(rule=True), TypeError, "rule"),
         (dict(mask_id=True), TypeError, "mask_id"),
+        (dict(mask_id=2**64), ValueError, r"mask_id must lie in \[0, 2\*\*63\)"),  # int64 bound, before V's
+        (dict(rule=2**64), ValueError, "rule"),
         (dict(cdf=torch.zeros(5, 2, dtype=torch.float64)), TypeError, "cdf"),
         (dict(logits=torch.randn(6, V).to_sparse()), TypeError, "logits"),
     ],
@@ -354,6 +356,12 @@ def test_unmask_table_validates():
         ops.unmask_table(torch.zeros(2, 3), torch.arange(2), tab.cdf, MASK, 0)
     with pytest.raises(ValueError, match="seeds"):
         ops.unmask_table(torch.zeros(2, 3, dtype=torch.long), torch.arange(3), tab.cdf, MASK, 0)
+    x = torch.zeros(2, 3, dtype=torch.long)
+    for mask_id in (2**63, 2**64, -(2**64)):  # beyond int64: the schema's RuntimeError unless checked first
+        with pytest.raises(ValueError, match="mask_id must lie in"):
+            ops.unmask_table(x, torch.arange(2), tab.cdf, mask_id, 0)
+    with pytest.raises(ValueError, match="rule must lie in"):
+        ops.unmask_table(x, torch.arange(2), tab.cdf, MASK, 2**64)
 
 
 def test_backend_selection_errors():
