@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.add_argument("--prompt", default=None,
                       help="--model text: continue this text (and fill its <gap:n> gaps) instead of the table")
-    demo.add_argument("--max-new-tokens", type=_tokens, default=None, help="--model text --prompt: tokens to add (default 32)")
+    demo.add_argument("--max-new-tokens", type=_tokens, default=None,
+                      help="--model text --prompt: tokens to add (default 32)")
     demo.add_argument("--parallel", choices=("batch", "window"), default=None,
                       help="sample across the ranks of torchrun (pit_sampler.distributed)")
     args = parser.parse_args(argv)
