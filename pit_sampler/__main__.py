@@ -14,6 +14,7 @@ masked-LM folder (``AutoModelForMaskedLM`` + ``AutoTokenizer``, no network), thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -33,13 +34,34 @@ def _window(text: str):
     return value
 
 
+def _tokens(text: str) -> int:
+    """``--max-new-tokens``: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def _usage_errors(parser):
+    """Turn :func:`~pit_sampler.generate.generate`'s ``TypeError``/``ValueError`` (a bad option or prompt;
+    the message names it) into ``parser.error``: the message and exit status 2, no traceback."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+
+
 def _add_sample(sub) -> None:
     """The ``sample`` subcommand's arguments."""
     sample = sub.add_parser("sample", help="generate text with a local Hugging Face masked LM folder")
     sample.add_argument("--model", required=True, help="a local folder holding the model and its tokenizer")
     sample.add_argument("--prompt", action="append", default=None,
                         help="prompt text (repeat for a batch); <gap:n> or the mask token marks text to infill")
-    sample.add_argument("--max-new-tokens", type=int, default=None,
+    sample.add_argument("--max-new-tokens", type=_tokens, default=None,
                         help="tokens generated after the prompt (default: 32, or 0 when the prompt has a gap)")
     sample.add_argument("--steps", type=int, default=None, help="sampler steps (default 1024)")
     sample.add_argument("--sampler", default="pit", choices=("pit", "sequential"))
@@ -66,8 +88,6 @@ def _sample(parser, args) -> dict:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 0:
-        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     try:
         den = HFMaskedLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype), local_files_only=True)
     except (OSError, ValueError) as error:
@@ -76,12 +96,10 @@ def _sample(parser, args) -> dict:
     max_new = args.max_new_tokens
     if max_new is None:
         max_new = 0 if all(has_gap(p, den.tokenizer) for p in prompts) else 32
-    try:
+    with _usage_errors(parser):
         out = generate(den, prompts=prompts, max_new_tokens=max_new, num_steps=args.steps, sampler=args.sampler,
                        window=args.window, seed=args.seed, num_return_sequences=args.num_return_sequences,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    except (TypeError, ValueError) as error:  # a bad option value (generate names the argument)
-        parser.error(str(error))
     if args.seed is None:
         print(f"seeds: {out.seeds.tolist()}", file=sys.stderr)
     for text in out.texts:
@@ -106,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.add_argument("--prompt", default=None,
                       help="--model text: continue this text (and fill its <gap:n> gaps) instead of the table")
-    demo.add_argument("--max-new-tokens", type=int, default=32, help="--model text --prompt: tokens to add")
+    demo.add_argument("--max-new-tokens", type=_tokens, default=None,
+                      help="--model text --prompt: tokens to add (default 32)")
     demo.add_argument("--parallel", choices=("batch", "window"), default=None,
                       help="sample across the ranks of torchrun (pit_sampler.distributed)")
     args = parser.parse_args(argv)
@@ -116,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1, got {value}")
+    if args.model not in TEXT_MODELS and (args.prompt is not None or args.max_new_tokens is not None):
+        parser.error(f"--prompt and --max-new-tokens need --model text (not --model {args.model})")
+    if args.prompt is None and args.max_new_tokens is not None:
+        parser.error("--max-new-tokens goes with --prompt (the tokens added after it)")
     progress = not args.no_progress
     if args.parallel is not None:
         if args.model in TEXT_MODELS:
@@ -132,12 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.access(folder, os.W_OK):
             parser.error(f"--out {args.out}: the folder {folder} is not writable")
         return demo_digits(args.model, args.batch or 64, args.steps, args.window, args.seed, args.out, progress)
-    if args.prompt is not None and args.model not in TEXT_MODELS:
-        parser.error("--prompt goes with --model text")
-    if args.max_new_tokens < 0:
-        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.model in TEXT_MODELS and args.prompt is not None:
-        return demo_text_prompt(args.prompt, args.max_new_tokens, args.steps, args.window, args.seed)
+    if args.prompt is not None:
+        with _usage_errors(parser):
+            return demo_text_prompt(args.prompt, 32 if args.max_new_tokens is None else args.max_new_tokens,
+                                    args.steps, args.window, args.seed)
     if args.model in TEXT_MODELS:
         return demo_text(args.batch or 2, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)

@@ -20,7 +20,10 @@ Every field is checked in ``__post_init__``; a bad value raises ``ValueError``/`
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
+
+import torch
 
 from .maskgit_reference import ORDERS as MASKGIT_ORDERS
 from .rules import RULES
@@ -28,18 +31,64 @@ from .schedules import GRIDS, Schedule, get_schedule, time_grid
 from .truncation import check_truncation
 from .validation import check_temperature, is_int, is_real
 
+#: The most steps ``num_steps`` may ask for. A tau-leaping sampler builds its time grid and jump tables
+#: (:func:`pit_sampler.schedules.time_grid`, :func:`pit_sampler.rules.step_tables`) with one row per
+#: step: at ``2**20`` steps they keep about 20 MiB (36 MiB on the uniform grid) and take about 0.1 s
+#: and 90 MiB (160 MiB uniform) at their peak to build (measured on a 2-core CPU with torch 2.13;
+#: ``2**22`` steps: 1 s and 340 MiB). The jump tables also quantise each step's
+#: probabilities to ``2**-32``, an error that grows with the steps (at most ``N * 2**-32`` over a run:
+#: ``2**-12`` at the bound).
+MAX_STEPS = 2**20
+#: ``torch.compile``'s ``mode`` values
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(compile) -> None:
+    """``compile`` is a bool or a dict of ``torch.compile`` keyword arguments: keys among its
+    parameters, ``mode`` in :data:`COMPILE_MODES` (and not with ``options``), ``options`` a dict,
+    ``backend`` a callable or a registered name (``torch._dynamo.list_backends(exclude_tags=())``),
+    ``fullgraph`` a bool, ``dynamic`` a bool or ``None``. Checked here, before ``torch.compile`` sees it."""
+    if isinstance(compile, bool):
+        return
+    if not isinstance(compile, dict):
+        raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
+    known = [name for name in inspect.signature(torch.compile).parameters if name != "model"]
+    unknown = [key for key in compile if key not in known]
+    if unknown:
+        raise ValueError(f"compile: {unknown} are not torch.compile options (those are {known})")
+    if compile.get("mode") not in COMPILE_MODES:
+        raise ValueError(f"compile: mode must be one of {COMPILE_MODES}, got {compile['mode']!r}")
+    if not isinstance(compile.get("options", {}), (dict, type(None))):
+        raise TypeError(f"compile: options must be a dict, got {type(compile['options']).__name__}")
+    if compile.get("mode") is not None and compile.get("options") is not None:
+        raise ValueError("compile: give mode or options, not both (torch.compile takes one)")
+    backend = compile.get("backend")
+    if isinstance(backend, str):
+        import torch._dynamo as dynamo  # about a second to import: only for a named backend
+
+        names = dynamo.list_backends(exclude_tags=())
+        if backend not in names:
+            raise ValueError(f"compile: backend {backend!r} is not a torch.compile backend (those are {names})")
+    elif not (backend is None or callable(backend)):
+        raise TypeError(f"compile: backend must be a name or a callable, got {type(backend).__name__}")
+    if not isinstance(compile.get("fullgraph", False), bool):
+        raise TypeError(f"compile: fullgraph must be a bool, got {compile['fullgraph']!r}")
+    if not isinstance(compile.get("dynamic"), (bool, type(None))):
+        raise TypeError(f"compile: dynamic must be a bool or None, got {compile['dynamic']!r}")
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
     """What every sampler takes.
 
-    ``mask_id``: the absorbing token; ``num_steps``: steps ``N`` of the process; ``temperature``:
+    ``mask_id``: the absorbing token; ``num_steps``: steps ``N`` of the process (at most
+    :data:`MAX_STEPS`, the memory of the per-step tables); ``temperature``:
     logits are scaled by ``1 / temperature`` before a draw (``0``: greedy); ``vocab_size``: ``V`` if
     known (else learned from the first call); ``max_rows``: the most rows of one denoiser call (a
     memory budget; ``None``: no cap); ``progress``: a tqdm bar; ``compile``: ``True`` or a dict of
-    ``torch.compile`` options, to compile a round with ``fullgraph=True``; ``sync_every``: rounds
-    between host polls (``None``: 1 on the CPU, 8 on an accelerator); ``cuda_graph``: capture a round
-    as a CUDA graph and replay it."""
+    ``torch.compile`` options, to compile a round with ``fullgraph=True`` (:func:`check_compile`);
+    ``sync_every``: rounds between host polls (``None``: 1 on the CPU, 8 on an accelerator);
+    ``cuda_graph``: capture a round as a CUDA graph and replay it."""
 
     mask_id: int
     num_steps: int
@@ -54,17 +103,15 @@ class SamplerConfig:
     def __post_init__(self):
         if not (is_int(self.mask_id) and self.mask_id >= 0):
             raise ValueError(f"mask_id must be an int >= 0, got {self.mask_id!r}")
-        if not (is_int(self.num_steps) and self.num_steps >= 1):
-            raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
+        if not (is_int(self.num_steps) and 1 <= self.num_steps <= MAX_STEPS):
+            raise ValueError(f"num_steps must be an int in [1, MAX_STEPS={MAX_STEPS}], got {self.num_steps!r}")
         if not (self.vocab_size is None or (is_int(self.vocab_size) and self.vocab_size > self.mask_id)):
             raise ValueError(f"vocab_size must be an int > mask_id={self.mask_id}, got {self.vocab_size!r}")
         if not (self.max_rows is None or (is_int(self.max_rows) and self.max_rows >= 1)):
             raise ValueError(f"max_rows must be None or an int >= 1, got {self.max_rows!r}")
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
-        if not isinstance(self.compile, (bool, dict)):
-            raise TypeError(
-                f"compile must be a bool or a dict of torch.compile options, got {type(self.compile).__name__}")
+        check_compile(self.compile)
         if not (self.sync_every is None or (is_int(self.sync_every) and self.sync_every >= 1)):
             raise ValueError(f"sync_every must be None or an int >= 1, got {self.sync_every!r}")
         if not isinstance(self.cuda_graph, bool):

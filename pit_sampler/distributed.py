@@ -45,6 +45,7 @@ from .engine.round import Round
 from .engine.rows import _pack
 from .noise import sample_seeds
 from .samplers import PITSampler, SampleResult, checked_x_init
+from .validation import check_int
 
 
 def init(backend: str | None = None, timeout_s: float = 120.0) -> None:
@@ -104,7 +105,10 @@ def _exchange_status(group, failed: BaseException | None, round_: int, device) -
 
 
 def shard(batch: int, rank: int, size: int) -> slice:
-    """The contiguous share of ``batch`` samples that ``rank`` of ``size`` samples (sizes differ by at most one)."""
+    """The contiguous share of ``batch`` samples that ``rank`` of ``size`` samples (sizes differ by at most one).
+    ``batch`` must be an int >= 0, ``size`` an int >= 1 and ``rank`` an int in ``[0, size)``."""
+    batch, size = check_int("batch", batch, lo=0), check_int("size", size, lo=1)
+    rank = check_int("rank", rank, lo=0, hi=size)
     base, extra = divmod(batch, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))

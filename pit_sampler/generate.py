@@ -36,6 +36,7 @@ the decoded ``texts`` and ``completions`` (the continuation alone).
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -52,6 +53,10 @@ GAP = re.compile(r"<gap:(\d+)>")
 SAMPLERS = ("pit", "sequential")
 #: ``num_steps`` when none is given: the same for every batch, so a row never depends on the others
 DEFAULT_STEPS = 1024
+#: The most positions of a row when the model gives no ``max_position_embeddings`` (and the most in
+#: any case): a row is built as a Python list (8 bytes a position) and one denoiser call on it returns
+#: ``L x V`` logits, 128 GiB at ``2**20`` positions and a 32k vocabulary.
+MAX_LENGTH = 2**20
 
 
 @dataclass
@@ -114,21 +119,43 @@ def has_gap(text: str, tokenizer=None) -> bool:
     return bool(_gap_pattern(tokenizer).search(text))
 
 
-def _encode_text(text: str, tokenizer, mask_id: int) -> list[int]:
-    """The ids of ``text`` without special tokens, each gap marker replaced by its mask tokens."""
-    ids, start, pattern = [], 0, _gap_pattern(tokenizer)
-    for match in pattern.finditer(text):
+def _parse_text(text: str, tokenizer, limit: int = MAX_LENGTH) -> list[list[int] | int]:
+    """``text`` as its pieces in order: the ids of each stretch of text (no special tokens) and, for each
+    gap marker, its size ``n`` (an int, not yet expanded), which must lie in ``[1, limit]``."""
+    segments, start = [], 0
+    for match in _gap_pattern(tokenizer).finditer(text):
         piece = text[start : match.start()].rstrip()
         if piece:
-            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
-        n = int(match.group(1)) if match.group(1) is not None else 1
-        if n < 1:
-            raise ValueError(f"prompts: a gap needs at least one token, got {match.group(0)!r}")
-        ids += [mask_id] * n
+            segments.append([int(i) for i in tokenizer(piece, add_special_tokens=False)["input_ids"]])
+        digits = match.group(1) or "1"
+        if len(digits.lstrip("0")) > len(str(limit)) or not 1 <= int(digits) <= limit:  # no int() of a huge string
+            raise ValueError(f"prompts: a gap needs at least one token and at most {limit} (the longest row), "
+                             f"got {reprlib.repr(match.group(0))}")
+        segments.append(int(digits))
         start = match.end()
     if text[start:]:
-        ids += tokenizer(text[start:], add_special_tokens=False)["input_ids"]
-    return [int(i) for i in ids]
+        segments.append([int(i) for i in tokenizer(text[start:], add_special_tokens=False)["input_ids"]])
+    return segments
+
+
+def _expand(segments: list[list[int] | int], mask_id: int) -> list[int]:
+    """The ids of :func:`_parse_text`'s pieces, each gap ``n`` as ``n`` mask tokens."""
+    return [i for seg in segments for i in ([mask_id] * seg if isinstance(seg, int) else seg)]
+
+
+def _encode_text(text: str, tokenizer, mask_id: int) -> list[int]:
+    """The ids of ``text`` without special tokens, each gap marker replaced by its mask tokens."""
+    return _expand(_parse_text(text, tokenizer), mask_id)
+
+
+def _check_ids(items: list, vocab_size: int | None) -> None:
+    """The ids prompts (lists of ints among ``items``) hold ids in ``[0, vocab_size)`` (``>= 0`` when
+    the vocabulary size is not known)."""
+    ids = [i for p in items if not isinstance(p, str) for i in p]
+    if ids and min(ids) < 0:
+        raise ValueError(f"prompts hold a negative token id ({min(ids)})")
+    if ids and vocab_size is not None and max(ids) >= vocab_size:
+        raise ValueError(f"prompts hold token id {max(ids)}, out of range for the model's vocab_size={vocab_size}")
 
 
 def _prompt_list(prompts) -> list:
@@ -289,25 +316,31 @@ def generate(
     items = _prompt_list(prompts)
     if any(isinstance(p, str) for p in items) and tokenizer is None:
         raise ValueError("text prompts need a tokenizer (pass tokenizer=..., or an HFMaskedLM with one)")
+    _check_ids(items, getattr(den, "vocab_size", None))
     prefix, suffix = _template(tokenizer) if (add_special_tokens and tokenizer is not None) else ([], [])
-    cores = [_encode_text(p, tokenizer, mask_id) if isinstance(p, str) else p for p in items]
+    config = getattr(getattr(den, "model", None), "config", None)
+    limit, what = getattr(config, "max_position_embeddings", None), "the model's max_position_embeddings"
+    if not (is_int(limit) and limit <= MAX_LENGTH):
+        limit, what = MAX_LENGTH, "pit_sampler.generate.MAX_LENGTH"
+    pieces = [_parse_text(p, tokenizer, limit) if isinstance(p, str) else [p] for p in items]  # gaps not expanded
     if max_new_tokens is None:
-        if not all(mask_id in core for core in cores):
+        if not all(any(isinstance(seg, int) or mask_id in seg for seg in segs) for segs in pieces):
             raise ValueError("max_new_tokens (or gen_length) is needed: a prompt has no gap to fill "
                              "(gaps: <gap:n>, the tokenizer's mask token, or mask_id in ids)")
         max_new_tokens = 0
+    L = len(prefix) + max(sum(seg if isinstance(seg, int) else len(seg) for seg in segs) for segs in pieces) \
+        + max_new_tokens + len(suffix)
+    if L > limit:  # before any row is built: a huge gap or max_new_tokens never reaches the allocator
+        raise ValueError(f"prompts, max_new_tokens: rows of {L} positions (template + prompt with its gaps + "
+                         f"max_new_tokens={max_new_tokens}) exceed {what}={limit}")
+    cores = [_expand(segs, mask_id) for segs in pieces]
     layouts = [prefix + core + [mask_id] * max_new_tokens + suffix for core in cores]
     layouts = [row for row in layouts for _ in range(num_return_sequences)]
     cores = [core for core in cores for _ in range(num_return_sequences)]
-    R, L = len(layouts), max(len(row) for row in layouts)
+    R = len(layouts)
     masked = [sum(i == mask_id for i in row) for row in layouts]
     if max(masked) == 0:
         raise ValueError("nothing to generate: max_new_tokens is 0 and no prompt has a gap")
-    config = getattr(getattr(den, "model", None), "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if is_int(limit) and L > limit:
-        raise ValueError(f"rows of {L} positions (template + prompt + max_new_tokens={max_new_tokens}) exceed the "
-                         f"model's max_position_embeddings={limit}")
     seeds = _make_seeds(seed, R)
     # -- the sampler -------------------------------------------------------------------------------
     if instance:

@@ -21,19 +21,22 @@ since a sampler's rows do not say which sample they belong to.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .positions import check_positions
+from .validation import is_real
 
 
 class ClassifierFreeGuidance:
     """``ClassifierFreeGuidance(denoiser, mask_id=..., cfg_scale=..., prompt=...)``: see the module docstring.
 
     ``prompt``: ``int`` (the first ``prompt`` positions) or ``BoolTensor[L]`` (``True`` at prompt
-    positions): the positions masked for the unconditional branch.
+    positions): the positions masked for the unconditional branch. ``cfg_scale``: a finite real
+    number >= 0.
     """
 
     def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor], *, mask_id: int, cfg_scale: float,
@@ -42,8 +45,10 @@ class ClassifierFreeGuidance:
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
         if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
             raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
-        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be a number >= 0, got {cfg_scale!r}")
+        if not is_real(cfg_scale):
+            raise TypeError(f"cfg_scale must be a real number, got {type(cfg_scale).__name__} {cfg_scale!r}")
+        if not (math.isfinite(cfg_scale) and cfg_scale >= 0):  # nan/inf would only surface as NaN logits
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
         if isinstance(prompt, Tensor):
             if prompt.dtype != torch.bool or prompt.dim() != 1:
                 raise TypeError(f"prompt must be an int or a BoolTensor[L], got {prompt.dtype} {tuple(prompt.shape)}")

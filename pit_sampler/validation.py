@@ -59,15 +59,21 @@ def reads_allowed() -> bool:
 
 
 def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
-    """``int(v)`` if ``v`` is an integer in ``[lo, hi)``; else a ``TypeError``/``ValueError`` naming ``name``."""
+    """``int(v)`` if ``v`` is an integer in ``[lo, hi)`` and in int64 (``[-2**63, 2**63)``: what an op
+    schema's ``int`` holds; a missing bound is int64's); else a ``TypeError``/``ValueError`` naming ``name``."""
     if not is_int(v):
         raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
     v = int(v)
-    if (lo is not None and v < lo) or (hi is not None and v >= hi):
-        lo_s = "-inf" if lo is None else lo
-        hi_s = "inf" if hi is None else hi
-        raise ValueError(f"{name} must lie in [{lo_s}, {hi_s}), got {v}")
+    lo = -(2**63) if lo is None else max(lo, -(2**63))
+    hi = 2**63 if hi is None else min(hi, 2**63)
+    if not lo <= v < hi:
+        raise ValueError(f"{name} must lie in [{_bound(lo)}, {_bound(hi)}), got {v}")
     return v
+
+
+def _bound(b: int) -> str:
+    """A bound of :func:`check_int` as written in its message (int64's as ``2**63``)."""
+    return {2**63: "2**63", -(2**63): "-2**63"}.get(b, str(b))
 
 
 def check_temperature(temperature) -> float:

@@ -69,6 +69,27 @@ def test_demo_entry_point_and_bad_arguments():
         main(["demo", "--model", "gpt2"])
 
 
+def test_demo_prompt_options_need_the_text_model(monkeypatch, capsys):
+    """``--prompt``/``--max-new-tokens`` are refused (exit 2) where they would be ignored; no demo runs."""
+    import pit_sampler.__main__ as cli
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a demo ran, ignoring --prompt/--max-new-tokens")
+
+    for name in ("demo_digits", "demo_oracle", "demo_text", "demo_text_prompt"):
+        monkeypatch.setattr(cli, name, must_not_run)
+    for argv, message in [
+        (["demo", "--prompt", "x"], "--prompt and --max-new-tokens need --model text (not --model digits)"),
+        (["demo", "--max-new-tokens", "4"], "need --model text"),
+        (["demo", "--model", "mixture", "--prompt", "x"], "need --model text (not --model mixture)"),
+        (["demo", "--model", "text", "--max-new-tokens", "4"], "--max-new-tokens goes with --prompt"),
+        (["demo", "--model", "text", "--prompt", "x", "--max-new-tokens", "-1"], "must be an int >= 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+
+
 def test_digit_metrics_and_validation():
     pytest.importorskip("sklearn")
     from pit_sampler.models import digits

@@ -101,6 +101,19 @@ def test_a_failing_rank_or_a_mismatch_stops_every_rank_with_a_clear_error(tmp_pa
     assert "the model broke" in ranks[1]["window-raise"] and "the model broke" in ranks[0]["batch-raise"]
 
 
+def test_shard_splits_evenly_and_checks_its_arguments():
+    """No processes: the shares cover the batch in order, and bad arguments name themselves."""
+    from pit_sampler.distributed import shard
+
+    assert [shard(10, r, 3) for r in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
+    assert [shard(1, r, 2) for r in range(2)] == [slice(0, 1), slice(1, 1)]  # rank 1 idle
+    for args, error, name in [((10, 3, 2), ValueError, "rank"), ((10, -1, 2), ValueError, "rank"),
+                              ((-4, 0, 2), ValueError, "batch"), ((5, 0, 0), ValueError, "size"),
+                              ((5.0, 0, 1), TypeError, "batch"), ((5, True, 2), TypeError, "rank")]:
+        with pytest.raises(error, match=f"^{name} must"):
+            shard(*args)
+
+
 @pytest.mark.parametrize("mode", ["batch", "window"])
 def test_the_torchrun_demo(mode, tmp_path):
     """``torchrun --nproc-per-node 2 -m pit_sampler demo --parallel ...`` as the README shows it."""

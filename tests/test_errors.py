@@ -91,6 +91,36 @@ def test_a_config_is_shared_checked_once_and_overridden_by_keywords():
     assert maskgit.sample(masked(), seed=1).tokens.shape == (2, L)
 
 
+def test_num_steps_is_bounded_before_any_table_is_built():
+    """``num_steps=2**40`` would ask the allocator for 8.8 TB of grid; the bound is checked first."""
+    from pit_sampler.config import MAX_STEPS
+
+    for n in (MAX_STEPS + 1, 2**40):
+        with pytest.raises(ValueError, match="num_steps must be an int in \\[1, MAX_STEPS="):
+            ps.SamplerConfig(mask_id=MASK, num_steps=n)
+    with pytest.raises(ValueError, match="num_steps"):
+        ps.TauLeapingConfig(mask_id=MASK, num_steps=MAX_STEPS + 1)
+    assert ps.SamplerConfig(mask_id=MASK, num_steps=MAX_STEPS).num_steps == MAX_STEPS
+
+
+@pytest.mark.parametrize("options, exc", [
+    ({"mode": "bogus"}, ValueError), ({"backend": "no-such-backend"}, ValueError), ({"backend": 5}, TypeError),
+    ({"fullgraph": "yes"}, TypeError), ({"dynamic": 1}, TypeError), ({"fulgraph": True}, ValueError),
+    ({"model": print}, ValueError), ({"options": 5}, TypeError), ({"mode": "default", "options": {}}, ValueError),
+])
+def test_compile_options_are_checked_in_the_config(options, exc):
+    """A bad ``torch.compile`` option is refused by the config, not deep inside torch.compile (or never)."""
+    with pytest.raises(exc, match="^compile: "):
+        ps.SamplerConfig(mask_id=MASK, num_steps=8, compile=options)
+
+
+def test_good_compile_options_are_accepted():
+    for options in ({}, {"backend": "eager", "fullgraph": False, "dynamic": None, "mode": None},
+                    {"backend": lambda gm, inputs: gm, "mode": "max-autotune-no-cudagraphs", "dynamic": True},
+                    {"options": {"trace.enabled": False}}):
+        assert ps.SamplerConfig(mask_id=MASK, num_steps=8, compile=options).compile == options
+
+
 @pytest.mark.parametrize("kwargs, match", [(dict(window=0), "window"), (dict(window=2.0), "window"),
                                            (dict(tol=-0.1), "tol"), (dict(tol=1.0), "tol"),
                                            (dict(mode="fast"), "mode"), (dict(mode="fixed"), "max_iters"),
@@ -301,6 +331,8 @@ def _sweep_args(W=2, B=3):
         (dict(rule=3), ValueError, "rule"),
         (dict(rule=True), TypeError, "rule"),
         (dict(mask_id=True), TypeError, "mask_id"),
+        (dict(mask_id=2**64), ValueError, r"mask_id must lie in \[0, 2\*\*63\)"),  # int64 bound, before V's
+        (dict(rule=2**64), ValueError, "rule"),
         (dict(cdf=torch.zeros(5, 2, dtype=torch.float64)), TypeError, "cdf"),
         (dict(logits=torch.randn(6, V).to_sparse()), TypeError, "logits"),
     ],
@@ -354,6 +386,12 @@ def test_unmask_table_validates():
         ops.unmask_table(torch.zeros(2, 3), torch.arange(2), tab.cdf, MASK, 0)
     with pytest.raises(ValueError, match="seeds"):
         ops.unmask_table(torch.zeros(2, 3, dtype=torch.long), torch.arange(3), tab.cdf, MASK, 0)
+    x = torch.zeros(2, 3, dtype=torch.long)
+    for mask_id in (2**63, 2**64, -(2**64)):  # beyond int64: the schema's RuntimeError unless checked first
+        with pytest.raises(ValueError, match="mask_id must lie in"):
+            ops.unmask_table(x, torch.arange(2), tab.cdf, mask_id, 0)
+    with pytest.raises(ValueError, match="rule must lie in"):
+        ops.unmask_table(x, torch.arange(2), tab.cdf, MASK, 2**64)
 
 
 def test_backend_selection_errors():

@@ -17,7 +17,7 @@ from test_hf import CLS, PAD, SEP, SPECIALS, TMASK, TV, build_tok_model, make_to
 import pit_sampler  # noqa: E402
 from pit_sampler import PITSampler, TauLeapingSampler  # noqa: E402
 from pit_sampler.__main__ import main  # noqa: E402
-from pit_sampler.adapters import HFMaskedLM  # noqa: E402
+from pit_sampler.adapters import CallableDenoiser, HFMaskedLM  # noqa: E402
 from pit_sampler.generate import GenerateOutput, _encode_text, _template, generate  # noqa: E402
 
 WORD_IDS = range(len(SPECIALS), len(SPECIALS) + 16)
@@ -182,6 +182,26 @@ def test_bad_arguments(model, tok):
     assert out.texts is None and len(out.results) == 2 and out.sequences[0, -1] == -1
     with pytest.raises(TypeError, match="model must be"):
         generate("bert-base", tok, "a", max_new_tokens=2)
+
+
+def test_lengths_and_ids_are_checked_before_any_row_is_built(model, tok):
+    """A huge gap or max_new_tokens is refused from the numbers alone (never expanded into a list),
+    and ids prompts are checked against the model's vocabulary by generate itself: the messages name
+    ``prompts`` (generate has no ``x_init``)."""
+    kw = dict(num_steps=8, seed=0)
+    for args, match in [
+        (dict(prompts="a <gap:1000000000000> b"), "^prompts: a gap needs at least one token and at most 64"),
+        (dict(prompts="a <gap:1000000000000000000000000> b"), "^prompts: a gap"),  # was an OverflowError
+        (dict(prompts="a <gap:60> b <gap:4>"), "^prompts, max_new_tokens: rows of 68 positions"),  # gaps sum
+        (dict(prompts=[[5, 99]], max_new_tokens=2), "^prompts hold token id 99, out of range for the model's "
+                                                     "vocab_size=24"),
+        (dict(prompts=[[5, -3]], max_new_tokens=2), "^prompts hold a negative token id"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate(model, tok, **{**kw, **args})
+    bare = CallableDenoiser(lambda x, t: torch.zeros(*x.shape, TV), mask_id=TMASK)  # no max_position_embeddings
+    with pytest.raises(ValueError, match=r"exceed pit_sampler.generate.MAX_LENGTH=\d+"):
+        generate(bare, prompts=[[5]], max_new_tokens=10**12, **kw)
 
 
 def test_gap_white_space_with_byte_level_bpe():

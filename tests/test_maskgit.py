@@ -333,8 +333,14 @@ def test_guidance_with_every_sampler():
     kw = dict(mask_id=MASK, num_steps=16)
     tau = ps.TauLeapingSampler(guided, **kw).sample(x, seed=0)
     assert torch.equal(ps.PITSampler(guided, window=4, **kw).sample(x, seed=0).tokens, tau.tokens)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=-1, prompt=3)
+
+
+def test_guidance_checks_its_arguments():
+    for scale in (float("nan"), float("inf"), -1):  # nan/inf: refused here, not as NaN logits at step 0
+        with pytest.raises(ValueError, match="cfg_scale"):
+            ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=scale, prompt=3)
+    with pytest.raises(TypeError, match="cfg_scale"):
+        ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale="1", prompt=3)
     with pytest.raises(TypeError, match="prompt"):
         ps.ClassifierFreeGuidance(ORACLE, mask_id=MASK, cfg_scale=1, prompt=1.5)
 

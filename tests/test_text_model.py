@@ -188,3 +188,19 @@ def test_demo_continues_a_prompt_and_fills_its_gap(capsys):
         text = result.texts[0]
         assert text.startswith("A friend in need") and "indeed. Never" in text
         assert int(result.generated[0].sum()) == 3 + 4  # the gap's tokens and the continuation
+
+
+def test_demo_prompt_errors_exit_2_like_sample(tok, model, monkeypatch, capsys):
+    """generate()'s errors on a ``demo --model text --prompt`` run are usage errors (exit 2, the
+    message, no traceback), as for ``sample``. The loaded model is reused (no reloading)."""
+    from pit_sampler.__main__ import main
+
+    monkeypatch.setattr(text, "load_tokenizer", lambda: tok)
+    monkeypatch.setattr(text, "load_text_model", lambda: model)
+    for argv, message in [
+        (["--prompt", "a <gap:0> b"], "prompts: a gap needs at least one token"),
+        (["--prompt", "x", "--max-new-tokens", "1000"], "max_position_embeddings=512"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", "--model", "text", "--steps", "8", *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
