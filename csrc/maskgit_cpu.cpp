@@ -12,6 +12,10 @@
 // Every float operation of the scores repeats the reference's, in its order, with IEEE-exact operations
 // only (built with -ffp-contract=off: no fused multiply-add), so keys are identical on every backend.
 // The token draw uses the Gumbel transform of philox.h (logf, as the tau-leaping kernels).
+// Index values (the reference's contract): any negative step passes through; a live slice whose row lies
+// outside [0, R) reads nothing, has no candidate and reports invalid = -1; kcount is clamped to
+// [0, eligible]; tokens, blocks and seeds are only compared or hashed, never used as an index; the step
+// enters Philox as its low 32 bits. No value of an index tensor reads or writes out of bounds.
 #include <ATen/Dispatch_v2.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,6 +34,7 @@
 #include <vector>
 
 #include "philox.h"
+#include "sweep_checks.h"
 
 namespace pit {
 namespace maskgit {
@@ -162,14 +167,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_sweep(
     const at::Tensor& logits, const at::Tensor& rows, const at::Tensor& steps, const at::Tensor& x0,
     const at::Tensor& prev, const at::Tensor& seeds, const at::Tensor& kcount, const at::Tensor& slice_block,
     const at::Tensor& pos_block, int64_t mask_id, double temperature, int64_t order) {
-  TORCH_CHECK(logits.dim() == 3 && x0.dim() == 2 && steps.dim() == 2, "maskgit_sweep: bad ranks");
+  // shapes, dtypes, devices and scalars (the Python op checks them first; these guard direct calls of
+  // torch.ops.pit_sampler_native.maskgit_sweep): every index below stays inside these shapes
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "logits must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
+  check_index_tensor(x0, "x0", 2);
+  check_index_tensor(steps, "steps", 2);
+  check_index_tensor(rows, "rows", 2);
+  check_index_tensor(kcount, "kcount", 2);
+  check_index_tensor(slice_block, "slice_block", 2);
+  check_index_tensor(prev, "prev", 3);
+  check_index_tensor(seeds, "seeds", 1);
+  check_index_tensor(pos_block, "pos_block", 2);
   const int64_t R = logits.size(0), L = x0.size(1), V = logits.size(2), W = steps.size(0), B = steps.size(1);
-  TORCH_CHECK(logits.size(1) == L && x0.size(0) == B, "maskgit_sweep: logits / x0 shapes disagree");
-  TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id out of range");
-  TORCH_CHECK(order >= kConfidence && order <= kRandom, "order must be 0..3");
-  TORCH_CHECK(L <= std::numeric_limits<uint32_t>::max(), "L must fit the 32-bit Philox counter");
-  for (const at::Tensor* t : {&rows, &steps, &x0, &prev, &seeds, &kcount, &slice_block, &pos_block})
-    TORCH_CHECK(t->scalar_type() == at::kLong, "maskgit_sweep: index tensors must be int64");
+  TORCH_CHECK(logits.size(1) == L && x0.size(0) == B, "logits must be [R, ", L, ", V] and x0 [", B, ", L], got ",
+              logits.sizes(), " and ", x0.sizes());
+  for (const at::Tensor* t : {&rows, &kcount, &slice_block})
+    TORCH_CHECK(t->size(0) == W && t->size(1) == B, "rows, kcount and slice_block must be [", W, ", ", B, "], got ",
+                t->sizes());
+  TORCH_CHECK(prev.size(0) == W && prev.size(1) == B && prev.size(2) == L, "prev must be [", W, ", ", B, ", ", L,
+              "], got ", prev.sizes());
+  TORCH_CHECK(seeds.size(0) == B, "seeds must be [", B, "], got ", seeds.sizes());
+  TORCH_CHECK(pos_block.size(0) == B && pos_block.size(1) == L, "pos_block must be [", B, ", ", L, "], got ",
+              pos_block.sizes());
+  TORCH_CHECK(mask_id >= 0 && mask_id < V, "mask_id = ", mask_id, " is out of range for V = ", V);
+  TORCH_CHECK(order >= kConfidence && order <= kRandom, "order must be 0..3, got ", order);
+  TORCH_CHECK(temperature >= 0, "temperature must be >= 0, got ", temperature);
+  TORCH_CHECK(L <= std::numeric_limits<uint32_t>::max(), "L must fit the 32-bit Philox counter, got ", L);
+  for (const at::Tensor* t : {&logits, &rows, &steps, &x0, &prev, &seeds, &kcount, &slice_block, &pos_block})
+    TORCH_CHECK(t->device().is_cpu(), "maskgit_sweep (CPU kernel): every tensor must be on the CPU");
   const at::Tensor rows_c = rows.contiguous(), steps_c = steps.contiguous(), x0_c = x0.contiguous(),
                    prev_c = prev.contiguous(), seeds_c = seeds.contiguous(), k_c = kcount.contiguous(),
                    sb_c = slice_block.contiguous(), pb_c = pos_block.contiguous();
@@ -178,12 +206,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_sweep(
                 *sd = seeds_c.const_data_ptr<int64_t>(), *kc = k_c.const_data_ptr<int64_t>(),
                 *sb = sb_c.const_data_ptr<int64_t>(), *pb = pb_c.const_data_ptr<int64_t>();
 
-  // the candidates (w, b, l), in (w, b, l) order
+  // the candidates (w, b, l), in (w, b, l) order; live slices with a missing row have none
   std::vector<int64_t> cand;
+  std::vector<char> missing(W * B, 0);
   for (int64_t w = 0; w < W; ++w)
     for (int64_t b = 0; b < B; ++b) {
       if (st[w * B + b] < 0) continue;
-      TORCH_CHECK(rw[w * B + b] >= 0 && rw[w * B + b] < R, "rows[", w, ", ", b, "] is out of range for ", R, " rows");
+      if (rw[w * B + b] < 0 || rw[w * B + b] >= R) {
+        missing[w * B + b] = 1;
+        continue;
+      }
       for (int64_t l = 0; l < L; ++l)
         if (xs[b * L + l] == mask_id && pb[b * L + l] == sb[w * B + b]) cand.push_back((w * B + b) * L + l);
     }
@@ -235,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_sweep(
           changed += cur[l] != pv[wb * L + l];
         }
         ro[wb] = changed;
-        io[wb] = bad;
+        io[wb] = missing[wb] ? -1 : bad;
       }
     }
   });

@@ -30,11 +30,19 @@ def last_backend() -> str | None:
 
 
 def _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order):
-    """Shapes, dtypes, devices and scalar ranges (static checks only: this traces without graph breaks)."""
+    """Shapes, dtypes, layouts, devices and scalars: nothing data-dependent, so this runs in the wrapper,
+    the op body *and* its fake kernel (raw ``torch.ops.pit_sampler.maskgit_sweep`` calls, what compiled
+    graphs make, are checked too; the fake kernel checks them at trace time), as ``ops.sweep`` does.
+    Index values are the kernels' business (:mod:`pit_sampler.maskgit_reference`: a missing row is
+    flagged, never read)."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dtype not in ops.LOGITS_DTYPES:
         raise TypeError(f"logits must be one of {ops.LOGITS_DTYPES}, got {logits.dtype}")
+    if logits.layout != torch.strided:
+        raise TypeError(f"logits must be a dense (strided) tensor, got layout {logits.layout}")
+    if not isinstance(x0, Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     for name, t, ndim in (("rows", rows, 2), ("steps", steps, 2), ("x0", x0, 2), ("prev", prev, 3),
                           ("seeds", seeds, 1), ("kcount", kcount, 2), ("slice_block", slice_block, 2),
                           ("pos_block", pos_block, 2)):
@@ -42,6 +50,8 @@ def _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block,
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype != torch.int64:
             raise TypeError(f"{name} must be int64, got {t.dtype}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
         if t.dim() != ndim:
             raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
         if t.device != x0.device:
@@ -61,9 +71,16 @@ def _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block,
         raise ValueError(f"pos_block must have shape [{B}, {L}], got {tuple(pos_block.shape)}")
     if tuple(seeds.shape) != (B,):
         raise ValueError(f"seeds must have shape [{B}], got {tuple(seeds.shape)}")
-    check_int("mask_id", mask_id, lo=0, hi=logits.shape[2])
+    _check_scalar_int("mask_id", mask_id, lo=0, hi=logits.shape[2])
     check_temperature(temperature)
-    check_int("order", order, lo=0, hi=len(reference.ORDERS))
+    _check_scalar_int("order", order, lo=0, hi=len(reference.ORDERS))
+
+
+def _check_scalar_int(name, v, lo, hi):
+    """:func:`check_int`, except for a symbolic int (the fake kernel under ``torch.compile(dynamic=True)``):
+    its value is checked by the op body when the graph runs."""
+    if not isinstance(v, torch.SymInt):
+        check_int(name, v, lo=lo, hi=hi)
 
 
 @torch.library.custom_op("pit_sampler::maskgit_sweep", mutates_args=())
@@ -81,6 +98,7 @@ def _maskgit_sweep(
     temperature: float,
     order: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order)
     return ops.kernel("maskgit_sweep", x0.device)(
         logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order
     )
@@ -88,6 +106,7 @@ def _maskgit_sweep(
 
 @_maskgit_sweep.register_fake
 def _(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order):
+    _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order)
     W, B = steps.shape
     return x0.new_empty((W, B, x0.shape[1])), x0.new_empty((W, B), dtype=torch.int32), x0.new_empty(
         (W, B), dtype=torch.int32
@@ -113,9 +132,12 @@ def maskgit_sweep(
     ``logits [R, L, V]`` (fp32/bf16/fp16, ``2 <= V <= 2**20``); int64 ``rows``, ``steps``, ``kcount``,
     ``slice_block`` ``[W, B]``; ``x0``, ``pos_block`` ``[B, L]``; ``prev [W, B, L]``; ``seeds [B]``;
     ``order`` an index into :data:`pit_sampler.maskgit_reference.ORDERS`; ``temperature = 0`` is greedy.
-    Semantics: :mod:`pit_sampler.maskgit_reference`.
+    Semantics, including what every value of the index tensors means (a live slice whose row is outside
+    ``[0, R)`` reports ``invalid = -1``): :mod:`pit_sampler.maskgit_reference`. Only shapes, dtypes,
+    devices and scalars are checked (``bool`` is not an int here): nothing data-dependent.
     """
     _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order)
     return torch.ops.pit_sampler.maskgit_sweep(
-        logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, float(temperature), order
+        logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, int(mask_id),
+        check_temperature(temperature), int(order),
     )

@@ -22,7 +22,27 @@ iterate's state of that slice) and unmasks exactly ``kcount[w, b]`` positions:
 Outputs: ``states`` int64 ``[W, B, L]``, ``residual`` int32 ``[W, B]`` = positions where ``states``
 differs from ``prev`` (``[W, B, L]``, the previous iterate), ``invalid`` int32 ``[W, B]`` = eligible
 positions whose row holds NaN or +inf, or only -inf, on the clean tokens (such a position is never
-selected; callers raise).
+selected), or ``-1`` for a slice whose row is missing (below); callers raise on any nonzero value.
+
+Index values (every backend, bit for bit; no value reads or writes out of bounds)
+-------------------------------------------------------------------------------
+The op checks shapes, dtypes, devices and the scalars (``mask_id`` in ``[0, V)``, ``order``,
+``temperature``); it never looks at the values of the index tensors (that would cost a device sync),
+so each value has a meaning:
+
+* ``steps[w, b] < 0`` (any negative): the slice passes the state through (no candidate, nothing read,
+  ``invalid = 0``). ``steps >= 0``: a live slice; ``j`` enters the noise only as a Philox counter word,
+  so the Gumbel and random-order streams use ``j mod 2**32`` (its low 32 bits).
+* ``rows[w, b]`` outside ``[0, R)`` at a live slice: a *missing row*. Nothing is read, the slice has no
+  candidate (nothing is selected: the state passes through) and ``invalid[w, b] = -1``, whatever its
+  other values (as the ``sweep`` op's missing rows). At a dead slice ``rows`` is not looked at.
+* ``kcount[w, b]`` is clamped to ``[0, number eligible]``: ``<= 0`` selects nothing, more than the
+  eligible positions (``> L`` included) selects them all.
+* ``slice_block``, ``pos_block``: any int64, only compared for equality.
+* ``x0``, ``prev``: any int64 (``>= V`` and negative included). Tokens are only compared (with
+  ``mask_id``, with ``prev``), never used as an index; a position of ``x0`` that is not ``mask_id``
+  keeps its value in every slice.
+* ``seeds``: any int64; the Philox key is its low and high 32-bit words.
 
 Token and score of one row (``y`` = the row in float32, ``y[mask_id] = -inf``)
 ---------------------------------------------------------------------------
@@ -167,43 +187,56 @@ def row_candidates(rows, seeds, steps, positions, mask_id, temperature, order):
     return torch.where(bad, mask_id, tok), torch.where(bad, INVALID_ROW, key)
 
 
+def missing_rows(rows, steps, R):
+    """bool ``[W, B]``: live slices whose row lies outside ``[0, R)`` (nothing read, ``invalid = -1``)."""
+    return (steps >= 0) & ((rows < 0) | (rows >= R))
+
+
 def candidates(logits, rows, steps, x0, seeds, slice_block, pos_block, mask_id, temperature, order):
-    """``(tokens, keys)`` int64 ``[W, B, L]`` of every (slice, position) candidate (keys ``-1`` elsewhere)."""
+    """``(tokens, keys)`` int64 ``[W, B, L]`` of every (slice, position) candidate (keys ``-1`` elsewhere);
+    a slice with a missing row has none."""
     W, B = steps.shape
     L = x0.shape[1]
-    want = (steps >= 0)[:, :, None] & (x0 == mask_id)[None] & (pos_block[None] == slice_block[:, :, None])
+    live = (steps >= 0) & ~missing_rows(rows, steps, logits.shape[0])
+    want = live[:, :, None] & (x0 == mask_id)[None] & (pos_block[None] == slice_block[:, :, None])
     tokens = torch.full((W, B, L), mask_id, dtype=torch.int64, device=x0.device)
     keys = torch.full((W, B, L), NOT_CANDIDATE, dtype=torch.int64, device=x0.device)
     ww, bb, ll = want.nonzero(as_tuple=True)
     chunk = max(1, _ROW_CHUNK // logits.shape[2])
     for i in range(0, len(ww), chunk):
         w, b, l = ww[i : i + chunk], bb[i : i + chunk], ll[i : i + chunk]
-        tok, key = row_candidates(
-            logits[rows[w, b], l].to(torch.float32), seeds[b], steps[w, b], l, mask_id, temperature, order
+        tok, key = row_candidates(  # the step is a Philox counter word: its low 32 bits
+            logits[rows[w, b], l].to(torch.float32), seeds[b], steps[w, b] & MASK32, l, mask_id, temperature, order
         )
         tokens[w, b, l], keys[w, b, l] = tok, key
     return tokens, keys
 
 
-def select(tokens, keys, x0, kcount, mask_id):
-    """The slice-by-slice selection: ``(states [W, B, L], invalid [W, B])`` (module docstring)."""
-    W = keys.shape[0]
+def select(tokens, keys, x0, kcount, mask_id, missing):
+    """The slice-by-slice selection: ``(states [W, B, L], invalid [W, B])`` (module docstring); the
+    ``kcount[w, b]`` largest eligible keys are taken (``kcount`` clamped to ``[0, eligible]``)."""
+    W, B, L = keys.shape
     cur = x0.clone()
     states = torch.empty_like(keys)
-    invalid = torch.zeros(keys.shape[:2], dtype=torch.int32, device=x0.device)
+    invalid = torch.zeros((W, B), dtype=torch.int32, device=x0.device)
     for w in range(W):
         masked = cur == mask_id
         key = torch.where(masked & (keys[w] >= 0), keys[w], NOT_CANDIDATE)
-        kth = key.sort(1, descending=True).values.gather(1, (kcount[w] - 1).clamp(0, keys.shape[2] - 1)[:, None])
-        chosen = (key >= 0) & (key >= kth) & (kcount[w] > 0)[:, None]
+        eligible = (key >= 0).sum(1)
+        k = torch.minimum(kcount[w].clamp(min=0), eligible)
+        # the k-th largest key (k >= 1; a -1 column past the sorted keys serves k = 0 and L = 0)
+        ranked = torch.cat([key.sort(1, descending=True).values, key.new_full((B, 1), NOT_CANDIDATE)], 1)
+        kth = ranked.gather(1, (k - 1).clamp(min=0)[:, None])
+        chosen = (key >= 0) & (key >= kth) & (k > 0)[:, None]
         cur = torch.where(chosen, tokens[w], cur)
-        invalid[w] = (masked & (keys[w] == INVALID_ROW)).sum(1, dtype=torch.int32)
+        count = (masked & (keys[w] == INVALID_ROW)).sum(1, dtype=torch.int32)
+        invalid[w] = torch.where(missing[w], -1, count)
         states[w] = cur
     return states, invalid
 
 
 def maskgit_sweep(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order):
     tokens, keys = candidates(logits, rows, steps, x0, seeds, slice_block, pos_block, mask_id, temperature, order)
-    states, invalid = select(tokens, keys, x0, kcount, mask_id)
+    states, invalid = select(tokens, keys, x0, kcount, mask_id, missing_rows(rows, steps, logits.shape[0]))
     residual = (states != prev).sum(-1, dtype=torch.int32)
     return states, residual, invalid

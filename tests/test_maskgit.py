@@ -350,3 +350,180 @@ def test_native_schema_matches_the_python_op():
     public = torch.ops.pit_sampler.maskgit_sweep.default._schema
     kernel = torch.ops.pit_sampler_native.maskgit_sweep.default._schema
     assert str(kernel).replace("pit_sampler_native::", "pit_sampler::") == str(public)
+
+
+# -- the raw op: argument checks and every value of the index tensors ------------------------------
+BIG = 2**63 - 1
+ROWS_OUT = (-1, -(2**40), -(2**63), BIG, 2**40)  # outside [0, R) (plus R itself, per case)
+STEPS = (-1, -2, -(2**63), 0, 3, 49, 2**32 - 1, 2**32 + 3, 2**40 + 1, BIG)
+KCOUNTS = (-(2**63), -5, -1, 0, 1, 2, 3, 7, 2**62, BIG)
+BLOCKS = (-(2**63), -1, 0, 7, 2**40, BIG)
+TOKENS = (-(2**63), -1, BIG, 2**40)  # besides 0..V + 2: tokens outside [0, V)
+INDEX_BACKENDS = [b for b in ("reference", "native", "triton") if b in ops.available_backends("cpu")]
+
+
+def _pick(g, values, shape):
+    values = torch.tensor(values, dtype=torch.int64)
+    return values[torch.randint(0, len(values), shape, generator=g)]
+
+
+def _adversarial_case(W, B, L, V, R, seed):
+    """Raw-op arguments whose index tensors take values from the whole int64 range: rows outside
+    ``[0, R)`` (at live and dead slices), every kind of negative and huge step, kcount below 0 and above
+    ``L``, arbitrary blocks, ``x0``/``prev`` tokens outside ``[0, V)``, extreme seeds; some rows hold NaN,
+    some are certain (one token 60 above the rest: entropy 0, the largest possible key at ``l = 0``)."""
+    g = torch.Generator().manual_seed(seed)
+    mask_id = int(torch.randint(0, V, (1,), generator=g))
+    logits = torch.randn(R, L, V, generator=g) * 3
+    logits[..., (mask_id + 1) % V] += 60.0 * (torch.rand(R, L, generator=g) < 0.3)
+    logits[torch.rand(R, L, generator=g) < 0.15, int(torch.randint(0, V, (1,), generator=g))] = float("nan")
+    rows = torch.where(torch.rand(W, B, generator=g) < 0.35, _pick(g, ROWS_OUT + (R,), (W, B)),
+                       torch.randint(0, R, (W, B), generator=g))
+    x0 = torch.where(torch.rand(B, L, generator=g) < 0.5, _pick(g, TOKENS, (B, L)), torch.randint(0, V + 3, (B, L), generator=g))
+    x0[torch.rand(B, L, generator=g) < 0.6] = mask_id
+    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, _pick(g, TOKENS, (W, B, L)), x0.expand(W, B, L))
+    seeds = torch.cat([torch.tensor([-(2**63), BIG, -1]), torch.randint(-(2**62), 2**62, (B,), generator=g)])
+    seeds = seeds[torch.randperm(B + 3, generator=g)[:B]]
+    pos_block = _pick(g, BLOCKS[:3], (B, L))
+    return (logits, rows, _pick(g, STEPS, (W, B)), x0, prev.contiguous(), seeds, _pick(g, KCOUNTS, (W, B)),
+            _pick(g, BLOCKS[:3], (W, B)), pos_block, mask_id)
+
+
+def _raw(backend, args, temperature, order):
+    with ops.use_backend(backend):
+        out = torch.ops.pit_sampler.maskgit_sweep(*args, temperature, order)
+    assert maskgit_ops.last_backend() == backend
+    return out
+
+
+def _check_index_semantics(args, out):
+    """The contract's answers for the index values, derived from the arguments alone (plus each slice's
+    starting state): a live slice with a row outside [0, R) reads nothing and reports -1, a dead or
+    missing slice passes the state through, slice w unmasks exactly min(max(kcount, 0), eligible)
+    positions of its block, tokens are drawn in [0, V) and never the mask, other values are kept."""
+    logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id = args
+    states, residual, invalid = out
+    R, L, V = logits.shape
+    W, B = steps.shape
+    missing = (steps >= 0) & ((rows < 0) | (rows >= R))
+    live = (steps >= 0) & ~missing
+    assert torch.equal(invalid == -1, missing)
+    assert torch.equal(residual, (states != prev).sum(-1, dtype=torch.int32))
+    before = torch.cat([x0[None], states[:-1]])
+    for w in range(W):
+        for b in range(B):
+            cur, new = before[w, b], states[w, b]
+            taken = (cur == mask_id) & (new != mask_id)
+            assert torch.equal(new[~taken], cur[~taken])  # nothing else changes (tokens outside [0, V) kept)
+            assert bool(((new[taken] >= 0) & (new[taken] < V)).all())
+            if not live[w, b]:
+                assert not bool(taken.any()) and (missing[w, b] or invalid[w, b] == 0)
+                continue
+            y = logits[rows[w, b]].clone()  # [L, V]: each position's row
+            y[:, mask_id] = float("-inf")
+            bad = y.isnan().any(1) | (y == float("inf")).any(1) | (y == float("-inf")).all(1)
+            block = (x0[b] == mask_id) & (pos_block[b] == slice_block[w, b]) & (cur == mask_id)
+            assert invalid[w, b] == int((block & bad).sum())
+            k = min(max(int(kcount[w, b]), 0), int((block & ~bad).sum()))
+            assert int(taken.sum()) == k and bool(block[taken].all()) and not bool(bad[taken].any())
+
+
+@pytest.mark.parametrize("backend", INDEX_BACKENDS)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_index_values_from_the_whole_int64_range(backend):
+    """The raw op on every CPU backend: index values from the whole int64 range never read out of bounds
+    (far outside values would fault or read garbage), give the contract's answers
+    (:func:`_check_index_semantics`) and the reference's exact outputs; a step and the step plus
+    ``2**32`` are the same noise. Odd sizes: V not a power of two, L = 1, B = 1, R = 1."""
+    shapes = [(4, 3, 5, 7, 3), (1, 1, 1, 2, 1), (3, 2, 6, 33, 2), (5, 2, 9, 130, 4)]
+    if backend == "triton":  # the interpreter: a few small cases
+        shapes = shapes[:2]
+    for i, (W, B, L, V, R) in enumerate(shapes):
+        for order in range(len(ORDERS)):
+            args = _adversarial_case(W, B, L, V, R, seed=10 * i + order)
+            temperature = (1.0, 0.0, 0.7)[order % 3]
+            out = _raw(backend, args, temperature, order)
+            _check_index_semantics(args, out)
+            want = out if backend == "reference" else _raw("reference", args, temperature, order)
+            for a, b in zip(want, out):
+                assert torch.equal(a, b), (backend, W, B, L, V, R, ORDERS[order])
+            if backend == "triton" and ORDERS[order] != "random":  # (the interpreter: once per shape)
+                continue
+            steps = args[2]
+            shifted = torch.where((steps >= 0) & (steps < 2**32), steps + 2**32, steps)
+            again = _raw(backend, (*args[:2], shifted, *args[3:]), temperature, order)
+            assert all(torch.equal(a, b) for a, b in zip(out, again)), "the step enters the noise mod 2**32"
+
+
+def _op_args():
+    args = list(_random_case(2, 3, 4, 7, torch.float32, seed=0, ties=False))
+    return dict(zip(("logits", "rows", "steps", "x0", "prev", "seeds", "kcount", "slice_block", "pos_block",
+                     "mask_id"), args), temperature=1.0, order=0)
+
+
+OP_ARGS = ("logits", "rows", "steps", "x0", "prev", "seeds", "kcount", "slice_block", "pos_block", "mask_id",
+           "temperature", "order")
+BAD_ARGS = [
+    (dict(kcount=torch.zeros(1, 3, dtype=torch.long)), ValueError, "kcount"),
+    (dict(rows=torch.zeros(2, 2, dtype=torch.long)), ValueError, "rows"),
+    (dict(slice_block=torch.zeros(2, 3, 1, dtype=torch.long)), ValueError, "slice_block"),
+    (dict(pos_block=torch.zeros(3, 5, dtype=torch.long)), ValueError, "pos_block"),
+    (dict(prev=torch.zeros(2, 3, 5, dtype=torch.long)), ValueError, "prev"),
+    (dict(seeds=torch.arange(2)), ValueError, "seeds"),
+    (dict(steps=torch.zeros(2, 3, dtype=torch.int32)), TypeError, "steps"),
+    (dict(x0=torch.zeros(3, 4)), TypeError, "x0"),
+    (dict(logits=torch.randn(4, 5, 7)), ValueError, "logits"),
+    (dict(logits=torch.randn(4, 4, 7).double()), TypeError, "logits"),
+    (dict(mask_id=7), ValueError, "mask_id"),
+    (dict(mask_id=-1), ValueError, "mask_id"),
+    (dict(order=4), ValueError, "order"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+]
+
+
+@pytest.mark.parametrize("backend", INDEX_BACKENDS)
+@pytest.mark.parametrize("change, exc, match", BAD_ARGS)
+def test_the_raw_op_validates_for_every_backend(change, exc, match, backend):
+    """``torch.ops.pit_sampler.maskgit_sweep`` (what compiled graphs call) checks its arguments in its
+    body, whatever the backend, and its fake kernel checks them at trace time."""
+    args = {**_op_args(), **change}
+    with ops.use_backend(backend), pytest.raises(exc, match=match):
+        torch.ops.pit_sampler.maskgit_sweep(*(args[k] for k in OP_ARGS))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode, pytest.raises(exc, match=match):
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        torch.ops.pit_sampler.maskgit_sweep(*(fake[k] for k in OP_ARGS))
+
+
+@pytest.mark.parametrize("name", ["mask_id", "order", "temperature"])
+def test_the_wrapper_rejects_bools(name):
+    args = {**_op_args(), name: True}
+    with pytest.raises(TypeError, match=name):
+        maskgit_ops.maskgit_sweep(*(args[k] for k in OP_ARGS))
+
+
+@pytest.mark.skipif("native" not in ops.available_backends("cpu"), reason="native extension not built")
+@pytest.mark.parametrize("change, exc, match", BAD_ARGS[:10])
+def test_the_native_kernel_checks_direct_calls(change, exc, match):
+    """``torch.ops.pit_sampler_native.maskgit_sweep`` (bypassing the Python op) checks every shape its
+    indexing relies on, naming the argument."""
+    args = {**_op_args(), **change}
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.pit_sampler_native.maskgit_sweep(*(args[k] for k in OP_ARGS))
+
+
+@pytest.mark.parametrize("backend", INDEX_BACKENDS)
+def test_kcount_at_most_zero_selects_nothing_even_the_largest_key(backend):
+    """A certain row (entropy 0) at ``l = 0`` has the largest possible key, ``2**63 - 1``: ``kcount <= 0``
+    still selects nothing, ``kcount = 1`` selects it."""
+    logits = torch.zeros(1, 2, 3)
+    logits[..., 2] = 60.0
+    x0 = torch.zeros(1, 2, dtype=torch.int64)  # mask_id 0
+    kcount = torch.tensor([[0], [-(2**63)], [-1], [1]])
+    zeros = torch.zeros(4, 1, dtype=torch.int64)
+    args = (logits, zeros, zeros, x0, x0.expand(4, 1, 2).contiguous(), torch.tensor([5]), kcount, zeros,
+            torch.zeros(1, 2, dtype=torch.int64), 0)
+    states, residual, invalid = _raw(backend, args, 1.0, ORDERS.index("entropy"))
+    assert torch.equal(states[:, 0], torch.tensor([[0, 0], [0, 0], [0, 0], [2, 0]]))
+    assert torch.equal(residual[:, 0], torch.tensor([0, 0, 0, 1], dtype=torch.int32)) and not bool(invalid.any())

@@ -200,7 +200,7 @@ def test_launch_params_are_the_launched_ones():
     for W in (1, 2, 3, 5, 64, 100, 128):
         for score in (False, True):
             for greedy in (False, True):
-                launch = triton_sweep.launch_params(cfg, W=W, positions=6, score=score, rule=1, greedy=greedy,
+                launch = triton_sweep.launch_params(cfg, W=W, L=6, V=37, score=score, rule=1, greedy=greedy,
                                                     scale=not greedy, argmax_final=True, with_counts=True,
                                                     aligned=W % 2 == 0)
                 assert launch.key() in keys
@@ -246,6 +246,117 @@ def test_split_vocabulary_fuzz_case_tweedie_fp16():
     args[0][:, :64] = float("-inf")
     for config in [_gpu_launch(), triton_sweep.SweepConfig(block_v=32, num_warps=1, target_programs=16, v_split=3)]:
         assert bool((_check_sweep(tuple(args), config)[3] == 0).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# A sample's bits do not depend on the batch around it (PIT compacts batches, sequential does not)
+# ---------------------------------------------------------------------------------------------
+class _RecordLaunch:
+    """Stands in for a sweep kernel: records each launch's grid and options, runs nothing."""
+
+    def __init__(self, name):
+        self.__name__, self.launches = name, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **options: self.launches.append((grid, options))
+
+
+def test_launch_does_not_depend_on_the_batch(monkeypatch):
+    """The host path of the GPU settings (132 multiprocessors) launches the same specialization (constexprs,
+    warps) for a sample of any ``L``/``V`` whatever the batch size, on both sides of the score kernel's
+    widening; only the grid (and the mean kernel's vocabulary split) grows with ``B``. Host side only:
+    the kernels are replaced by recorders, so large batches cost nothing."""
+    kernels = {name: _RecordLaunch(name) for name in ("_score_kernel", "_mean_kernel")}
+    for name, recorder in kernels.items():
+        monkeypatch.setattr(triton_sweep, name, recorder)
+    cfg = triton_sweep.gpu_config(132)
+    tables = step_tables(get_schedule("cosine"), time_grid(4), "first")
+    for score in (False, True):
+        for L, V in ((1, 50257), (7, 1099), (300, 50257), (3000, 1099), (5, 37)):
+            options = set()
+            for B in (1, 3, 8, 2048):
+                x0 = torch.zeros(B, L, dtype=torch.int64)
+                args = (torch.zeros(1, V), torch.zeros(2, B, L, dtype=torch.int64), torch.ones(2, B, dtype=torch.int64),
+                        x0, x0.expand(2, B, L), torch.zeros(B, dtype=torch.int64), tables.cdf, tables.rate)
+                triton_sweep.sweep(*args, 0, 1.0, 1, score, False, True, config=cfg)
+                grid, opts = kernels["_score_kernel" if score else "_mean_kernel"].launches[-1]
+                options.add(tuple(sorted(opts.items())))
+            assert len(options) == 1, (score, L, V, options)
+    widths = {opts["GROUPS"] for _, opts in kernels["_score_kernel"].launches}
+    assert widths == {cfg.block_v // 4, cfg.block_v}  # both sides of the widening were launched
+
+
+def _at_the_count_boundary(L, V, W, seed, mask_id):
+    """One sample (``seeds[0]``) whose every read sits on a float32 rounding of a jump count: score
+    parametrization, rate 1, and the row that position ``l`` reads at slice ``w`` (``rows[w, 0, l] = w L +
+    l``) shifted so that ``lambda`` solves ``Poisson CDF(2; lambda) = U`` of that read. Its count is then 2
+    or 3 depending on the last bits of the log-sum-exp, and under the reject rule the position never
+    unmasks, so every slice reads every position."""
+    g = torch.Generator().manual_seed(seed)
+    seeds = noise.sample_seeds(seed, 1)
+    steps = torch.arange(1, W + 1)
+    u = noise.uniform_from_bits(noise.jump_bits(seeds, steps[:, None], torch.arange(L))).double().reshape(-1)
+    lo, hi = torch.zeros_like(u), torch.full_like(u, 50.0)
+    for _ in range(80):  # bisection: CDF(2; lambda) = exp(-lambda) (1 + lambda + lambda^2 / 2) decreases
+        mid = (lo + hi) / 2
+        above = torch.exp(-mid) * (1 + mid + mid * mid / 2) > u
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    logits = torch.randn(W * L, V, generator=g, dtype=torch.float64) * 2.0
+    lse = torch.logsumexp(logits[:, torch.arange(V) != mask_id], 1)
+    logits = (logits + (torch.log(lo) - lse)[:, None]).float()
+    return logits, torch.arange(W * L).view(W, 1, L), steps, seeds
+
+
+def _in_a_batch(sample, B, at, L, V, N, mask_id, rule, score):
+    """The op's arguments with ``sample`` as sample ``at`` of a batch of ``B``; the other samples have
+    their own seeds and no masked position (nothing to read: cheap in the interpreter)."""
+    logits, rows1, steps1, seeds1 = sample
+    W = steps1.shape[0]
+    g = torch.Generator().manual_seed(B)
+    rows = torch.randint(0, logits.shape[0], (W, B, L), generator=g)
+    rows[:, at] = rows1[:, 0]
+    x0 = torch.randint(0, V - 1, (B, L), generator=g)
+    x0 = x0 + (x0 >= mask_id).to(torch.int64)
+    x0[at] = mask_id
+    seeds = noise.sample_seeds(1000 + B, B)
+    seeds[at] = seeds1[0]
+    prev = torch.where(torch.rand(W, B, L, generator=g) < 0.5, x0, x0.roll(1, 1)).contiguous()
+    tables = step_tables(get_schedule("loglinear"), time_grid(N, "geometric"), rule)
+    rate = torch.ones(N + 1) if score else tables.rate
+    args = (logits, rows, steps1[:, None].expand(W, B), x0, prev, seeds, tables.cdf, rate)
+    return (*(a.to(DEVICE) for a in args), mask_id, 1.0, RULES.index(rule), score, False, True)
+
+
+@pytest.mark.parametrize("score", [False, True], ids=["mean", "score"])
+def test_sample_bits_do_not_depend_on_the_batch(score):
+    """The same sample in batches of 1, 3 and 8 (at different indices) under GPU launch settings: its
+    states, counts, residual and invalid are the same bits.
+
+    Score parametrization: ``gpu_config(1)`` (256-token tiles, one warp, 32 programs per multiprocessor;
+    one multiprocessor, so that these batches straddle the old widening threshold ``2 B L < 32``), and
+    every read at a count boundary (:func:`_at_the_count_boundary`), so that a log-sum-exp rounded
+    differently in another batch changes a count (it did while the score kernel was widened from ``B L``).
+    Mean parametrization: GPU tiles with a grid target of 4 programs, so that these batches split the
+    vocabulary 3, 2 and 1 ways (checked); the merged draws must not change."""
+    V, N, mask_id = 601, 6, 517
+    if score:  # 20 reads at a count boundary: about 2 of them change their count with the tile width
+        L, W, rule, cfg = 4, 5, "reject", triton_sweep.gpu_config(1)
+    else:
+        L, W, rule, cfg = 8, 3, "first", triton_sweep.SweepConfig(block_v=256, num_warps=1, target_programs=4)
+    sample = _at_the_count_boundary(L, V, W, seed=2, mask_id=mask_id)
+    results, splits = [], []
+    for B, at in ((1, 0), (3, 1), (8, 6)):
+        args = _in_a_batch(sample, B, at, L, V, N, mask_id, rule, score)
+        got = triton_sweep.sweep(*args, config=cfg)
+        results.append([t[:, at].cpu() for t in got])
+        splits.append(triton_sweep.vocab_split(cfg, B, triton.cdiv(V, cfg.block_v))[0])
+    for other in results[1:]:
+        for name, a, b in zip(("states", "counts", "residual", "invalid"), results[0], other):
+            assert torch.equal(a, b), f"{name} of the sample differs with the batch:\n{a}\n{b}"
+    if score:
+        assert bool((results[0][1] >= 2).all())  # every slice read every position (count 2 or 3)
+    else:
+        assert splits == [3, 2, 1] and int((results[0][0][-1] != mask_id).sum()) > L // 2  # most positions drew
 
 
 @pytest.mark.parametrize("rule", RULES)

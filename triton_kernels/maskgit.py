@@ -19,7 +19,12 @@ Two launches per sweep, no host synchronisation:
 
 Gumbel words: each lane computes the Philox block of its token's group ``v >> 2`` and takes word
 ``v & 3`` (4x redundant Philox, simple; the tau-leaping sweep shares one call per group).
-Out-of-range ``rows`` entries are treated as invalid rows (never read).
+
+Index values follow the reference's contract: a live slice whose ``rows`` entry lies outside ``[0, R)``
+(a missing row) has no candidate (no address is formed from the entry) and the selection reports its
+``invalid = -1``; any negative step passes through; the step enters Philox as its low 32 bits;
+``kcount`` is effectively clamped to ``[0, eligible]`` by the bisection; tokens, blocks and seeds are
+only compared or hashed, never used as an index.
 """
 
 import torch
@@ -115,16 +120,15 @@ def _candidates_kernel(
     tl.store(keys_ptr + pid, mask64 * 0 - 1)
     tl.store(tokens_ptr + pid, mask64)
     step = tl.load(steps_ptr + wb)
-    is_candidate = (step >= 0) & (tl.load(x0_ptr + b * L + l) == mask_id)
+    row = tl.load(rows_ptr + wb)
+    is_candidate = (step >= 0) & (row >= 0) & (row < R)  # a live slice whose row exists (else: missing)
+    is_candidate = is_candidate & (tl.load(x0_ptr + b * L + l) == mask_id)
     is_candidate = is_candidate & (tl.load(pos_block_ptr + b * L + l) == tl.load(slice_block_ptr + wb))
     if is_candidate:
-        row = tl.load(rows_ptr + wb)
-        row_ok = ((row >= 0) & (row < R)).to(tl.int32)
-        row_ptr = logits_ptr + tl.where(row_ok != 0, row, 0) * stride_r + l.to(tl.int64) * stride_l
+        row_ptr = logits_ptr + row * stride_r + l.to(tl.int64) * stride_l
         k0, k1 = seed_key(tl.load(seeds_ptr + b))
         lanes = tl.arange(0, BLOCK_V)
-        v_end = tl.where(row_ok != 0, V, 0)  # an out-of-range row is never read
-        bad = 1 - row_ok
+        bad = tl.full((), 0, tl.int32)
         top1 = tl.full((), float("-inf"), tl.float32)
         top2 = tl.full((), float("-inf"), tl.float32)
         best = tl.full((), float("-inf"), tl.float32)
@@ -133,7 +137,7 @@ def _candidates_kernel(
         # pass 1: validity, top two logits (a repeated maximum is its own second), token
         for v0 in range(0, V, BLOCK_V):
             v = v0 + lanes
-            y = _load_row(row_ptr, stride_v, v, v_end, mask_id)
+            y = _load_row(row_ptr, stride_v, v, V, mask_id)
             bad = bad | (tl.sum(((y != y) | (y == POS_INF)).to(tl.int32)) > 0).to(tl.int32)
             t1, i1 = _tile_argmax(y, v)
             t2 = tl.max(tl.where(v == i1, NEG_INF, y))
@@ -159,7 +163,7 @@ def _candidates_kernel(
             q_tok = tl.full((), 0, tl.int64)
             for v0 in range(0, V, BLOCK_V):
                 v = v0 + lanes
-                x = (_load_row(row_ptr, stride_v, v, v_end, mask_id) - top1) * LOG2E
+                x = (_load_row(row_ptr, stride_v, v, V, mask_id) - top1) * LOG2E
                 q = fixed_exp2(x)
                 S += tl.sum(q)
                 q_tok += tl.sum(tl.where(v == token, q, 0))
@@ -183,8 +187,8 @@ def _candidates_kernel(
 
 @triton.jit
 def _select_kernel(
-    tokens_ptr, keys_ptr, x0_ptr, prev_ptr, kcount_ptr, states_ptr, residual_ptr, invalid_ptr,
-    W, B, L, mask_id, BLOCK_L: tl.constexpr,
+    tokens_ptr, keys_ptr, rows_ptr, steps_ptr, x0_ptr, prev_ptr, kcount_ptr, states_ptr, residual_ptr, invalid_ptr,
+    W, B, L, R, mask_id, BLOCK_L: tl.constexpr,
 ):
     b = tl.program_id(0)
     offs = tl.arange(0, BLOCK_L)
@@ -210,7 +214,10 @@ def _select_kernel(
         tl.store(states_ptr + base + offs, cur, mask=inside)
         prev = tl.load(prev_ptr + base + offs, mask=inside, other=0)
         tl.store(residual_ptr + w * B + b, tl.sum((inside & (cur != prev)).to(tl.int32)))
-        tl.store(invalid_ptr + w * B + b, tl.sum((masked & (key == -2)).to(tl.int32)))
+        row = tl.load(rows_ptr + w * B + b)
+        missing = (tl.load(steps_ptr + w * B + b) >= 0) & ((row < 0) | (row >= R))  # no candidates: flag it
+        count = tl.sum((masked & (key == -2)).to(tl.int32))
+        tl.store(invalid_ptr + w * B + b, tl.where(missing, -1, count))
 
 
 def maskgit_sweep(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order):
@@ -229,14 +236,16 @@ def maskgit_sweep(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos
         return states, residual, invalid
     greedy = temperature == 0
     inv_t = 1.0 if greedy else float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-    _candidates_kernel[(W * B * L,)](
-        logits, rows, steps, x0, seeds, slice_block, pos_block, tokens, keys,
-        R, B, L, V, logits.stride(0), logits.stride(1), logits.stride(2), mask_id, inv_t,
-        GREEDY=greedy, ORDER=order, BLOCK_V=min(triton.next_power_of_2(V), 1024),
-        num_warps=4, enable_fp_fusion=False,
-    )
+    if L > 0:
+        # R = 0: no row exists, so every candidate is missing and logits is never dereferenced
+        _candidates_kernel[(W * B * L,)](
+            logits, rows, steps, x0, seeds, slice_block, pos_block, tokens, keys,
+            R, B, L, V, logits.stride(0), logits.stride(1), logits.stride(2), mask_id, inv_t,
+            GREEDY=greedy, ORDER=order, BLOCK_V=min(triton.next_power_of_2(V), 1024),
+            num_warps=4, enable_fp_fusion=False,
+        )
     _select_kernel[(B,)](
-        tokens, keys, x0, prev, kcount, states, residual, invalid, W, B, L, mask_id,
-        BLOCK_L=triton.next_power_of_2(L), num_warps=4, enable_fp_fusion=False,
+        tokens, keys, rows, steps, x0, prev, kcount, states, residual, invalid, W, B, L, R, mask_id,
+        BLOCK_L=triton.next_power_of_2(max(L, 1)), num_warps=4, enable_fp_fusion=False,
     )
     return states, residual, invalid

@@ -447,9 +447,10 @@ class SweepConfig:
 
     ``block_v``: tokens per vocabulary tile (a power of two >= 4); ``num_warps``; ``target_programs``:
     the grid size aimed at (mean parametrization: ``v_split`` programs share each position tile until
-    about this many run; score parametrization, one program per position: with fewer than half as many
-    positions, programs get 4 times the warps and the tile); ``block_l`` and ``v_split`` override the
-    automatic choices (tests use them to exercise every code path on small inputs)."""
+    about this many run; score parametrization, one program per position: when one sample's ``L``
+    positions are fewer than half as many and a row spans several tiles, programs get 4 times the warps
+    and the tile, whatever the batch: see :func:`launch_params`); ``block_l`` and ``v_split`` override
+    the automatic choices (tests use them to exercise every code path on small inputs)."""
 
     block_v: int = 256
     num_warps: int = 1
@@ -498,18 +499,33 @@ class Launch:
         return (self.kernel.__name__, tuple(sorted(self.constexprs.items())), self.num_warps)
 
 
-def launch_params(cfg: SweepConfig, *, W: int, positions: int, score: bool, rule: int, greedy: bool, scale: bool,
+def launch_params(cfg: SweepConfig, *, W: int, L: int, V: int, score: bool, rule: int, greedy: bool, scale: bool,
                   argmax_final: bool, with_counts: bool, aligned: bool) -> Launch:
-    """The kernel and specialization :func:`sweep` launches for these arguments (``positions = B * L``).
+    """The kernel and specialization :func:`sweep` launches for these arguments (``L`` positions per
+    sample, ``V`` tokens per row).
 
     The single source of the host's choices: :func:`kernel_configurations` enumerates its outputs for the
     compile checks (``tests/test_triton_compile.py``). ``GREEDY`` draws no noise at all, so it implies
-    ``SCALE = False`` and ``ARGMAX_FINAL = False`` (one specialization, not two)."""
+    ``SCALE = False`` and ``ARGMAX_FINAL = False`` (one specialization, not two).
+
+    *Never a function of the batch size* ``B``: a sample must get the same bits in a batch of any size,
+    since PIT drops converged samples and sequential sampling does not ("PIT with ``tol = 0`` equals
+    sequential"). The score kernel sums a row's ``exp`` per group of its tile layout, then across the
+    groups (:func:`_row_pass`), so the rounding of ``lambda`` follows ``GROUPS`` and, on a GPU, the
+    reduction tree of ``num_warps``. Its widening (4 times the warps and the tile: fewer, wider programs
+    fill the GPU) is therefore decided from ``L`` and ``V`` alone: when one sample's positions are fewer
+    than half ``target_programs`` (the ``B = 1`` case: PIT's latency-bound use) and a row spans more than
+    one narrow tile (else a wider tile only adds idle lanes). The cost: a large batch of such ``L`` keeps
+    the wide programs, which prune less (docs/triton.md, "Launch shape"). The alternative, a summation
+    order independent of the launch, would make a wide program fold its tile in the narrow layout's
+    order and tree, serializing what widening parallelizes. The mean kernel's results do not depend on
+    its launch: the vocabulary split (:func:`vocab_split`, from ``B``) merges by an exact max, and
+    ``BLOCK_L`` (from ``W``) only tiles the integer scan."""
     num_warps, block_v = cfg.num_warps, cfg.block_v
     common = dict(RULE=rule, ARGMAX_FINAL=bool(argmax_final) and not greedy, SCALE=bool(scale) and not greedy,
                   ALIGNED=bool(aligned), WITH_COUNTS=bool(with_counts), GREEDY=bool(greedy))
     if score:
-        if 2 * positions < cfg.target_programs:  # one program per position: widen them to fill the GPU
+        if 2 * L < cfg.target_programs and V > block_v:  # one sample cannot fill the GPU: widen the programs
             num_warps, block_v = 4 * num_warps, 4 * block_v
         return Launch(_score_kernel, dict(common, BLOCK_L=cfg.block_l or 1, GROUPS=block_v // 4), num_warps)
     w_pad = max(2, _pow2_at_least(W))  # W_PAD = 1 compiles to spilling code
@@ -517,19 +533,30 @@ def launch_params(cfg: SweepConfig, *, W: int, positions: int, score: bool, rule
     return Launch(_mean_kernel, dict(common, BLOCK_L=block_l, W_PAD=w_pad, GROUPS=block_v // 4), num_warps)
 
 
+def vocab_split(cfg: SweepConfig, n_tiles: int, n_vtiles: int) -> tuple[int, int]:
+    """Mean kernel: ``(v_split, chunk_tiles)``, the programs per position tile and the vocabulary tiles
+    of each (``n_tiles`` position tiles, rows of ``n_vtiles`` tiles): enough programs for about
+    ``target_programs`` in all, never an empty chunk. It depends on the batch, which is safe: the chunks'
+    results merge by an exact max (a position's token is the same for any split)."""
+    v_split = cfg.v_split or triton.cdiv(cfg.target_programs, n_tiles)
+    v_split = max(1, min(v_split, n_vtiles))
+    chunk_tiles = max(1, triton.cdiv(n_vtiles, v_split))
+    return max(1, triton.cdiv(n_vtiles, chunk_tiles)), chunk_tiles
+
+
 def kernel_configurations(cfg: SweepConfig, max_w: int = MAX_W_PAD) -> list[Launch]:
     """Every distinct :class:`Launch` that :func:`sweep` can make under ``cfg`` for windows of up to
-    ``max_w`` slices (any batch and length: both sides of the score kernels' widening), from
+    ``max_w`` slices (any length and vocabulary: both sides of the score kernel's widening), from
     :func:`launch_params` itself. The logits dtype is not a constexpr: each is compiled apart."""
     out = {}
     for W in sorted({min(max_w, 1 << i) for i in range(max_w.bit_length() + 1)}):
         for score in (False, True):
-            for positions in (1, cfg.target_programs):
+            for L, V in itertools.product((1, cfg.target_programs), (1, 2 * cfg.block_v)):
                 for rule in range(3):
                     for greedy, scale, argmax_final in itertools.product((False, True), repeat=3):
                         for with_counts, aligned in itertools.product((False, True), repeat=2):
-                            launch = launch_params(cfg, W=W, positions=positions, score=score, rule=rule,
-                                                   greedy=greedy, scale=scale, argmax_final=argmax_final,
+                            launch = launch_params(cfg, W=W, L=L, V=V, score=score, rule=rule, greedy=greedy,
+                                                   scale=scale, argmax_final=argmax_final,
                                                    with_counts=with_counts, aligned=aligned)
                             out.setdefault(launch.key(), launch)
     return list(out.values())
@@ -570,7 +597,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
     aligned = stride_v == 1 and offset % 4 == 0 and (stride_m % 4 == 0 or M <= 1)
     greedy = temperature == 0
     inv_t = 1.0 if greedy else float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(temperature, dtype=torch.float32))
-    launch = launch_params(cfg, W=W, positions=B * L, score=bool(score), rule=rule, greedy=greedy, scale=inv_t != 1.0,
+    launch = launch_params(cfg, W=W, L=L, V=V, score=bool(score), rule=rule, greedy=greedy, scale=inv_t != 1.0,
                            argmax_final=argmax_final, with_counts=with_counts, aligned=aligned)
     c = launch.constexprs
     block_v = 4 * c["GROUPS"]
@@ -586,10 +613,7 @@ def sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature,
             B, L, V, W, P, N, M, mask_id, inv_t, n_ltiles, n_vtiles, **options,
         )
     else:
-        v_split = cfg.v_split or triton.cdiv(cfg.target_programs, n_tiles)
-        v_split = max(1, min(v_split, n_vtiles))
-        chunk_tiles = max(1, triton.cdiv(n_vtiles, v_split))
-        v_split = max(1, triton.cdiv(n_vtiles, chunk_tiles))
+        v_split, chunk_tiles = vocab_split(cfg, n_tiles, n_vtiles)
         scratch = torch.zeros(B * L + n_tiles, dtype=torch.int64, device=device)
         keys, done = scratch[: B * L], scratch[B * L :]
         _mean_kernel[(n_tiles * v_split,)](
