@@ -1,5 +1,5 @@
 """``cuda_graph=True`` on a GPU (skipped without one): each round shape is captured once
-(:class:`pit_sampler.graphs.GraphedRound`) and replayed.
+(:class:`pit_sampler.engine.graphs.GraphedRound`) and replayed.
 
 A graphed run gives the tokens and rounds of an eager run, for both samplers, a fixed and the auto
 window, both parametrizations, the full and the positions forms, prompts and ``sync_every > 1``; a
@@ -33,13 +33,13 @@ def test_graphed_round_equals_eager(name, positions, extra, cls, window):
     want = cls(den, **_kwargs(extra, window)).sample(x, seed=7)
     sampler = cls(den, **_kwargs(extra, window, cuda_graph=True))
     got = sampler.sample(x, seed=7)
-    captured = len(sampler._round.graphs)
+    captured = len(sampler.engine._round.graphs)
     again = sampler.sample(x, seed=7)
     assert torch.equal(got.tokens, want.tokens) and torch.equal(again.tokens, want.tokens)
     assert 1 <= captured
     if window != "auto":  # auto's windows follow measured time; a fixed window's run repeats its shapes
         assert got.rounds == want.rounds
-        assert len(sampler._round.graphs) == captured, "the second run captured new graphs"
+        assert len(sampler.engine._round.graphs) == captured, "the second run captured new graphs"
 
 
 def test_graphed_and_compiled_round_equals_eager():
@@ -69,3 +69,23 @@ def test_graphed_rounds_on_the_shipped_model_and_the_sedd_adapter(cls, window):
         want = cls(den, compile={"backend": "eager"}, **kw).sample(x, seed=11)
         got = cls(den, cuda_graph=True, **kw).sample(x, seed=11)
         assert torch.equal(got.tokens, want.tokens) and got.rounds == want.rounds
+
+
+@pytest.mark.parametrize("make", [
+    lambda den, **kw: ps.TauLeapingSampler(den, **_kwargs({}, None), **kw),
+    lambda den, **kw: ps.MaskGITSampler(den, mask_id=8, num_steps=8, vocab_size=9, sync_every=3, **kw),
+], ids=["sequential", "maskgit"])
+def test_a_new_prompt_replays_the_graphs_of_the_last(make):
+    """Rounds are keyed by shapes only: a prompt with other ids at the same masked positions (the same
+    sequential plan, so the same shapes) captures no new graph; every graph shares one memory pool."""
+    den = ExactDenoiser(9, 6, 8, device="cuda")
+    x = _x().cuda()
+    sampler = make(den, cuda_graph=True)
+    first = sampler.sample(x, seed=7)
+    assert torch.equal(first.tokens, make(den).sample(x, seed=7).tokens)
+    captured = len(sampler.engine._round.graphs)
+    y = x.clone()
+    y[0, 0] = 7  # another prompt id, the same masked positions
+    sampler.sample(y, seed=7)
+    assert len(sampler.engine._round.graphs) == captured
+    assert sampler.engine._round.pool is not None

@@ -1,7 +1,7 @@
 """The pieces of a sampling round, and the GPU-scale properties of the whole loop.
 
-* :mod:`pit_sampler.plan`: the plan's steps, ``rank`` and draw bounds against brute force.
-* :mod:`pit_sampler.rows`: the rows requested through the positions protocol are exactly the
+* :mod:`pit_sampler.engine.plan`: the plan's steps, ``rank`` and draw bounds against brute force.
+* :mod:`pit_sampler.engine.rows`: the rows requested through the positions protocol are exactly the
   (slice, position) pairs the sweep reads, and the full map addresses the flat full output.
 * :func:`slide` and :func:`record_errors` on hand-made cases.
 * The positions path, the full path and sequential give identical tokens: every rule, both

@@ -1,12 +1,18 @@
 """``cuda_graph=True``: one sampling round captured as a CUDA graph and replayed.
 
-A round (:meth:`pit_sampler.samplers._Sampler.round`) has static shapes and no host read, so its
+A round (:class:`pit_sampler.engine.round.Round`) has static shapes and no host read, so its
 whole launch sequence (denoiser, sweep, slide) can be recorded once per shape and replayed: the
 per-round cost on the host becomes one ``cudaGraphLaunch`` instead of a hundred-odd kernel launches.
 Replays read their inputs from the captured buffers, so each call copies its tensors in and clones
 the outputs out (small: the window states and counters, never logits). The denoiser must be
 capturable (no host syncs, no CPU tensors, no data-dependent shapes): true of plain PyTorch models
 and of the compiled round.
+
+Every graph of a :class:`GraphedRound` allocates from **one** memory pool (the first capture's): a
+replay writes every buffer it reads except its static inputs, which are allocated outside the pool,
+and its outputs are cloned before any other graph replays, so graphs may share the memory of their
+temporaries whatever the order of replays. A run captures one graph per round shape (window, batch
+bucket, budget bucket), never per value: no argument of a round is keyed by a prompt's contents.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class GraphedRound:
     def __init__(self, fn, warmup: int = 2):
         self.fn, self.warmup = fn, warmup
         self.graphs: dict[tuple, tuple] = {}
+        self.pool = None  # the memory pool every capture shares (module docstring)
 
     @staticmethod
     def _key(args) -> tuple:
@@ -38,8 +45,9 @@ class GraphedRound:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             out = self.fn(*static)
+        self.pool = self.pool if self.pool is not None else graph.pool()
         return graph, static, out
 
     def __call__(self, *args):

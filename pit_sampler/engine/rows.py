@@ -14,7 +14,7 @@ The sweep takes packed logits ``[M, V]`` and a map ``rows [n, B, L]`` (the packe
   every (slice, position) maps to its own row.
 * :func:`mean_rows` (positions protocol, mean parametrization): the plan says which positions each
   slice unmasks (``rank``), so only those rows are requested: ``M`` bounded by
-  :func:`pit_sampler.plan.reach_bound`, about ``n`` rows per sample instead of ``W L``.
+  :func:`pit_sampler.engine.plan.reach_bound`, about ``n`` rows per sample instead of ``W L``.
 * :func:`score_rows` (positions protocol, score parametrization): the jump rate needs the
   log-sum-exp of every position that may still be masked at the slice, i.e. every position masked in
   the window's exact first state ``x0`` (absorbing: the scan only unmasks), for each window slice;
