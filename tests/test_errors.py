@@ -401,3 +401,22 @@ def test_backend_selection_errors():
         assert ops.backend_for("cpu") == "reference"
         make().sample(masked())
         assert ops.last_backend() == "reference"
+
+
+@pytest.mark.parametrize("cls", [ps.TauLeapingSampler, ps.PITSampler, ps.MaskGITSampler])
+def test_sparse_logits_are_a_type_error(cls):
+    """A model returning a sparse tensor gets a TypeError naming the denoiser, not a raw reshape error."""
+    sparse = lambda x, t: denoiser(x, t).to_sparse()  # noqa: E731
+    with pytest.raises(TypeError, match="denoiser must return a dense"):
+        make(cls, fn=sparse, vocab_size=V).sample(masked(), seed=0)
+
+
+def test_a_denoiser_that_reads_the_host_under_compile_names_compile():
+    """``compile=True`` traces the whole round with ``fullgraph=True``: a model that branches on
+    ``.item()`` cannot be traced, and the error says so and names ``compile=``."""
+    def branchy(x, t):
+        out = denoiser(x, t)
+        return out * 2 if (x == MASK).sum().item() > 3 else out
+
+    with pytest.raises(ValueError, match="compile=.*cannot trace a round"):
+        make(ps.PITSampler, fn=branchy, vocab_size=V, compile={"backend": "eager"}).sample(masked(), seed=0)
