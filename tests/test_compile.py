@@ -14,6 +14,7 @@ import torch._dynamo
 import pit_sampler as ps
 from pit_sampler import ops
 from pit_sampler.testing import Gathered
+from tiers import EXTENDED
 
 MAX_COMPILES_PER_WINDOW = 2
 
@@ -111,7 +112,8 @@ def _sedd():
             dict(parametrization="score", schedule="loglinear"))
 
 
-@pytest.mark.parametrize("make", [lambda: _digits("digits"), lambda: _digits("digits-time"), _bert, _sedd],
+@pytest.mark.parametrize("make", [lambda: _digits("digits"),
+                                  pytest.param(lambda: _digits("digits-time"), marks=EXTENDED), _bert, _sedd],
                          ids=["digits", "digits-time", "hf-bert", "sedd"])
 @pytest.mark.parametrize("cls,window", [(ps.TauLeapingSampler, None), (ps.PITSampler, 4)])
 def test_compiled_round_on_shipped_models_and_adapters(make, cls, window):

@@ -11,6 +11,7 @@ import torch
 import pit_sampler as ps
 from pit_sampler import noise
 from pit_sampler.testing import make_oracle
+from tiers import tiered
 
 NUM_STEPS = 24
 WINDOWS = (1, 2, 7, 64, NUM_STEPS + 9, "auto")  # 64 and NUM_STEPS + 9 exceed the number of steps
@@ -155,9 +156,11 @@ def test_score_parametrization_pit_equals_sequential_and_the_spec(window):
         assert seq.rounds == 17 + 1  # every step, plus the vocabulary probe (x holds a prompt)
 
 
-@pytest.mark.parametrize("final", ["sample", "argmax"])
-@pytest.mark.parametrize("temperature", [0.7, 0.0])
-@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+TEMPERATURE_CASES = [(f, T, b) for f in ("sample", "argmax") for T in (0.7, 0.0) for b in ps.ops.available_backends("cpu")]
+
+
+@pytest.mark.parametrize("final,temperature,backend", tiered(
+    TEMPERATURE_CASES, default={c for c in TEMPERATURE_CASES if c[2] != "triton"} | {("argmax", 0.0, "triton")}))
 def test_temperature_and_final_rule(final, temperature, backend):
     """Temperature as a float32 multiply; ``temperature=0`` is greedy (argmax, no noise) everywhere."""
     oracle = make_oracle("hmm", seed=2, num_tokens=6, length=9)
@@ -262,8 +265,11 @@ def test_every_backend_pit_equals_sequential_and_the_reference(backend):
     assert torch.equal(seq.tokens, pit.tokens) and torch.equal(seq.tokens, expect)
 
 
-@pytest.mark.parametrize("window", [2, 8, 64])
-@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+NEVER_FAILS = [(w, b) for w in (2, 8, 64) for b in ps.ops.available_backends("cpu")]
+
+
+@pytest.mark.parametrize("window,backend", tiered(NEVER_FAILS, default={c for c in NEVER_FAILS if c[1] != "triton"}
+                                                  | {(8, "triton")}))
 def test_pit_never_fails_where_sequential_succeeds(window, backend):
     """A denoiser that returns NaN on every state the sequential chain never visits: PIT evaluates such
     guessed states inside its windows, but only rows of slices it accepts as exact may raise."""

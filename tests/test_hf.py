@@ -14,6 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from positions_checks import assert_compiles, assert_positions_match  # noqa: E402
+from tiers import tiered  # noqa: E402
 
 from pit_sampler import PITSampler, TauLeapingSampler, sample_seeds  # noqa: E402
 from pit_sampler.adapters import HFMaskedLM, OutputProjection, check_batch_invariance, resolve_sampler_kwargs  # noqa: E402
@@ -73,8 +74,9 @@ def states(n, length, seed=0):
     return torch.where(torch.rand(n, length, generator=g) < 0.5, MASK, x), torch.rand(n, generator=g)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name,dtype", tiered([(n, d) for n in sorted(MODELS) for d in (torch.float32, torch.bfloat16)],
+                                               default={("bert", torch.bfloat16), ("llama", torch.float32),
+                                                        ("modernbert", torch.float32)}))
 def test_positions_are_the_full_rows(name, dtype):
     model = build(name, dtype)
     adapter = HFMaskedLM(model, mask_id=MASK, suppress_ids=[0])
@@ -213,7 +215,7 @@ def sample_both(den, x, seeds, steps=24, window=4):
     return seq.tokens, pit.tokens
 
 
-@pytest.mark.parametrize("name", sorted(TOK_MODELS))
+@pytest.mark.parametrize("name", tiered(sorted(TOK_MODELS), default={"bert", "llama"}))
 def test_padded_ragged_batch_gives_each_row_alone(name):
     """float64 (batch-invariant): the padded batch, sampled with per-call attention masks, gives every
     row the tokens it gets alone and unpadded (same per-row seed), in PIT and sequential alike; pad

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from positions_checks import assert_compiles, assert_positions_match
+from tiers import tiered
 
 from pit_sampler import PITSampler, TauLeapingSampler
 from pit_sampler.adapters import check_batch_invariance
@@ -233,7 +234,7 @@ def test_shipped_weights_positions_and_compile(name):
     assert_compiles(model, x, t, positions=torch.tensor([0, 100, 100, 191]))
 
 
-@pytest.mark.parametrize("name", sorted(PRETRAINED))
+@pytest.mark.parametrize("name", tiered(sorted(PRETRAINED), default={"digits"}))
 def test_shipped_weights_pit_equals_sequential(name):
     path = WEIGHTS_DIR / PRETRAINED[name]
     if not path.is_file():

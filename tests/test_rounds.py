@@ -30,6 +30,7 @@ from pit_sampler.engine.run import C_HOST_READS
 from pit_sampler.engine.window import slide
 from pit_sampler.schedules import get_schedule, time_grid
 from pit_sampler.testing import Gathered, make_oracle
+from tiers import tiered
 
 MASK = 5
 
@@ -149,7 +150,7 @@ def _backends():
     return out
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", tiered(_backends(), default={"reference", "native"}))
 @pytest.mark.parametrize("parametrization", ["mean", "score"])
 def test_positions_path_equals_full_path_and_sequential(backend, parametrization, monkeypatch):
     if backend == "triton":
@@ -194,7 +195,6 @@ class _FlatLogits:
         return self.bias + 0.1 * (left % 7).to(torch.float32).unsqueeze(1)
 
 
-@pytest.mark.slow
 def test_positions_logits_at_gpt2_shapes_are_under_one_percent():
     """B = 1, L = 1024, V = 50257, W = 16: logits rows per call at most 1% of the full path's."""
     V, L, W = 50257, 1024, 16

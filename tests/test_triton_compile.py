@@ -251,7 +251,7 @@ def test_covering_subset_compiles_without_spills():
     _assert_clean(compile_all(pairwise(configurations()), workers=2))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @needs_toolchain
 @pytest.mark.skipif(os.environ.get("PIT_TRITON_COMPILE_FULL") != "1", reason="set PIT_TRITON_COMPILE_FULL=1")
 def test_full_product_compiles_without_spills():

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from sweep_inputs import full_form
+from tiers import tiered
 
 import pit_sampler
 from pit_sampler import PITSampler, TauLeapingSampler, ops
@@ -210,7 +211,8 @@ def test_pit_equals_sequential_with_truncation(top_k, top_p, T):
     assert not torch.equal(plain.tokens, seq.tokens)  # the truncation changed the draws
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [b for b in ("native", "triton") if b in ops.available_backends("cpu")])
+@pytest.mark.parametrize("backend", tiered(["reference"] + [b for b in ("native", "triton") if b in ops.available_backends("cpu")],
+                                            default={"reference", "native"}))
 def test_the_samplers_apply_top_k_and_top_p_themselves(backend):
     """``top_k=``/``top_p=`` of the samplers give the wrapper's tokens, PIT equals sequential, on every
     backend and through the positions protocol."""
