@@ -31,6 +31,8 @@ from .schedules import GRIDS, Schedule, get_schedule, time_grid
 from .truncation import check_truncation
 from .validation import check_temperature, is_int, is_real
 
+SOLVERS = ("euler", "trapezoidal")
+
 #: The most steps ``num_steps`` may ask for. A tau-leaping sampler builds its time grid and jump tables
 #: (:func:`pit_sampler.schedules.time_grid`, :func:`pit_sampler.rules.step_tables`) with one row per
 #: step: at ``2**20`` steps they keep about 20 MiB (36 MiB on the uniform grid) and take about 0.1 s
@@ -152,10 +154,13 @@ class TauLeapingConfig(SamplerConfig):
     counts unmask (:data:`pit_sampler.RULES`); ``grid``, ``t_max``, ``t_min``: the time grid
     (:func:`pit_sampler.time_grid`); ``final``: ``"sample"`` or ``"argmax"`` at the last step;
     ``parametrization``: ``"mean"`` (the model gives ``p(x_0 | x_t)``) or ``"score"``;
-    ``skip_inactive`` (``None``: on for the mean parametrization): run only the steps at which a
-    position unmasks; ``top_k``, ``top_p``:
-    truncate the rows a token is drawn from, as Hugging Face defines them
-    (:func:`pit_sampler.truncation.truncate_logits`; mean parametrization)."""
+    ``skip_inactive`` (``None``: on for the mean parametrization and the first-order solver): run only
+    the steps at which a position unmasks; ``top_k``, ``top_p``: truncate the rows a token is drawn
+    from, as Hugging Face defines them (:func:`pit_sampler.truncation.truncate_logits`; mean
+    parametrization); ``solver``: ``"euler"`` (first-order tau-leaping, the default) or
+    ``"trapezoidal"`` (the second-order theta-trapezoidal method, two model evaluations per step,
+    :mod:`pit_sampler.steps.trapezoidal`; mean parametrization, rules ``reject``/``first``) with
+    ``theta`` in ``(0, 1)``."""
 
     schedule: str | Schedule = "loglinear"
     rule: str = "reject"
@@ -167,6 +172,8 @@ class TauLeapingConfig(SamplerConfig):
     skip_inactive: bool | None = None
     top_k: int | None = None
     top_p: float | None = None
+    solver: str = "euler"
+    theta: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,12 +194,31 @@ class TauLeapingConfig(SamplerConfig):
             raise ValueError("top_k/top_p need the mean parametrization (score logits also set the jump rates)")
         get_schedule(self.schedule)  # a known name or a Schedule
         time_grid(self.num_steps, self.grid, self.t_max, self.t_min)  # checks t_max, t_min
-        self._set(top_k=top_k, top_p=top_p)
+        self._check_solver(top_k, top_p)
+        self._set(top_k=top_k, top_p=top_p, theta=float(self.theta))
+
+    def _check_solver(self, top_k, top_p) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not (is_real(self.theta) and 0.0 < self.theta < 1.0):
+            raise ValueError(f"theta must lie in (0, 1), got {self.theta!r}")
+        if self.solver != "trapezoidal":
+            return
+        if self.score or self.rule == "tweedie":
+            raise ValueError("solver='trapezoidal' needs the mean parametrization and rule 'reject' or 'first' "
+                             f"(got parametrization={self.parametrization!r}, rule={self.rule!r})")
+        if self.skip_inactive:
+            raise ValueError("skip_inactive needs the first-order solver (the trapezoidal rates depend on the model)")
+        if top_k is not None or top_p is not None:
+            raise ValueError("top_k/top_p apply to the first-order solver (the trapezoidal draw combines two rows)")
 
     @property
     def skips_inactive(self) -> bool:
-        """``skip_inactive`` resolved: its default (``None``) is on for the mean parametrization."""
-        return not self.score if self.skip_inactive is None else self.skip_inactive
+        """``skip_inactive`` resolved: its default (``None``) is on for the mean parametrization with the
+        first-order solver (elsewhere the jump rates depend on the model)."""
+        if self.skip_inactive is None:
+            return not (self.score or self.solver == "trapezoidal")
+        return self.skip_inactive
 
     @property
     def score(self) -> bool:

@@ -162,8 +162,9 @@ class WindowParallelPIT(PITSampler):
         self.group = group
         super().__init__(denoiser, **kwargs)
         c = self.config
-        if c.score:
-            raise ValueError("window parallelism needs the mean parametrization (score draws depend on the model)")
+        if c.score or c.solver != "euler":
+            raise ValueError("window parallelism needs the mean parametrization and the first-order solver (the "
+                             "plan must say who draws what)")
         if c.window == "auto":
             raise ValueError("window parallelism needs an int window (every rank must run the same windows)")
         if c.compile is not False or c.cuda_graph:
@@ -213,7 +214,7 @@ class WindowParallelRound(Round):
         lo, hi, _ = self.owned(W, rule.span(W))
         return (hi - lo) * B, budget if self.call.positions else (hi - lo) * B * L
 
-    def evaluate(self, window, pos, steps, seeds, rule, plan, budget):
+    def evaluate(self, window, pos, steps, seeds, rule, plan, budget, carry=None):
         """This rank's slices through the denoiser and the sweep; the drawn tokens all-reduced; the
         window's states, residuals and invalid counts rebuilt from them (the same on every rank)."""
         W = window.shape[0] - 1
@@ -236,7 +237,7 @@ class WindowParallelRound(Round):
         slices = torch.arange(n, device=u.device).view(n, 1, 1)
         states = torch.where(drawn & (u <= slices), drawn_token, window[0])
         residual = (states[:W] != window[1:]).sum(-1, dtype=torch.int32)
-        return states, residual, invalid, self.vocab
+        return states, residual, invalid, self.vocab, None
 
     def _exchange(self, tokens: Tensor, invalid: Tensor, failed: Exception | None) -> Tensor:
         """The all-reduce of every rank's drawn tokens, invalid counts and failure bit; raises on every

@@ -23,6 +23,7 @@ from .engine.round import Round
 from .engine.run import Engine
 from .noise import sample_seeds
 from .steps.tau_leaping import TauLeaping
+from .steps.trapezoidal import Trapezoidal
 from .validation import check_token_batch
 
 Denoiser = Callable[..., Tensor]
@@ -58,7 +59,10 @@ class TauLeapingSampler:
             raise TypeError("a sampler needs mask_id and num_steps (mask_id may come from a denoiser adapter)")
         self.config = c = self.config_type(**given)
         self.denoiser = denoiser
-        rule = TauLeaping.build(c, bool(getattr(denoiser, "supports_positions", False)))
+        if c.solver == "trapezoidal":
+            rule = Trapezoidal.build(c)
+        else:
+            rule = TauLeaping.build(c, bool(getattr(denoiser, "supports_positions", False)))
         self.engine = Engine(denoiser, rule, c, sync_every=c.sync_every, cuda_graph=c.cuda_graph,
                              round_type=self.round_type, **self._picard())
 

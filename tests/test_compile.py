@@ -151,3 +151,18 @@ def test_compiled_maskgit_round_equals_eager_with_bounded_compiles(order, window
     assert not (again.tokens == 8).any()
     used = len(set(got.windows) | set(again.windows))
     assert 1 <= counter.compiles <= MAX_COMPILES_PER_WINDOW * used, (counter.compiles, used)
+
+
+@pytest.mark.parametrize("cls,window", [(ps.TauLeapingSampler, None), (ps.PITSampler, 4)])
+def test_compiled_trapezoidal_round_equals_eager(cls, window):
+    """The trapezoidal rule carries the previous state's logits between rounds: the round traces whole,
+    equals eager, and compiles at most once more than the bound (the first round has no carry yet)."""
+    torch._dynamo.reset()
+    den = ExactDenoiser(9, 6, 8)
+    kw = dict(mask_id=8, num_steps=8, vocab_size=9, solver="trapezoidal", grid="uniform",
+              **({} if window is None else {"window": window}))
+    counter = _CountingBackend()
+    want = cls(den, **kw).sample(_x(), seed=1)
+    got = cls(den, compile={"backend": counter}, **kw).sample(_x(), seed=1)
+    assert torch.equal(got.tokens, want.tokens) and got.rounds == want.rounds
+    assert 1 <= counter.compiles <= MAX_COMPILES_PER_WINDOW * len(set(got.windows)) + 1, counter.compiles

@@ -20,6 +20,19 @@ from .plan import Plan
 from .window import acceptance_tally, slide
 
 
+def carry_on(carry: Tensor | None, carried: Tensor | None, accept: Tensor) -> Tensor | None:
+    """What a rule carries into the next round: ``carried[accept - 1]`` per sample (the candidate of
+    its last accepted slice, whose input state was exact), the old ``carry`` where nothing was accepted."""
+    if carried is None:
+        return None
+    B = accept.shape[0]
+    chosen = carried[(accept - 1).clamp(min=0), torch.arange(B, device=accept.device)]
+    if carry is None:
+        return chosen
+    keep = (accept > 0).view(B, *[1] * (chosen.dim() - 1))
+    return torch.where(keep, chosen, carry)
+
+
 class Round:
     """``Round(call, acceptance, tally)``; calling it runs one round (module docstring).
     ``tally``: also return each round's :func:`~pit_sampler.engine.window.acceptance_tally` (what
@@ -29,36 +42,38 @@ class Round:
         self.call, self.acceptance, self.tally = call, acceptance, tally
 
     def __call__(self, window: Tensor, pos: Tensor, iters: Tensor, err: Tensor, seeds: Tensor, rule, budget: int,
-                 *plan: Tensor):
+                 carry: Tensor | None, *plan: Tensor):
         """``window [W + 1, B, L]``, ``pos``, ``iters``, ``err``, ``seeds`` ``[B]``; ``rule``: the step
-        rule on this device; ``budget``: packed logits rows, when the rule reads packed rows; ``plan``:
-        :meth:`Plan.tensors`. Returns ``(window, pos, iters, err, residual, V, tally)``: ``residual``
-        int32 ``[W]`` (positions changed per slice, summed over the batch), ``V`` the vocabulary size the
-        denoiser returned (a shape; ``None`` if this process made no call), ``tally`` ``None`` unless
-        asked for."""
+        rule on this device; ``budget``: packed logits rows, when the rule reads packed rows; ``carry``:
+        what the rule carries from the last exact slice (``None`` for most rules, and before the first
+        round); ``plan``: :meth:`Plan.tensors`. Returns ``(window, pos, iters, err, residual, V, tally,
+        carry)``: ``residual`` int32 ``[W]`` (positions changed per slice, summed over the batch), ``V``
+        the vocabulary size the denoiser returned (a shape; ``None`` if this process made no call),
+        ``tally`` ``None`` unless asked for."""
         plan = Plan.of(*plan)
         W, L = window.shape[0] - 1, window.shape[2]
         steps = plan.window_steps(pos, rule.span(W))
         live = steps[:W] >= 0
-        states, residual, invalid, V = self.evaluate(window, pos, steps, seeds, rule, plan, budget)
+        states, residual, invalid, V, carried = self.evaluate(window, pos, steps, seeds, rule, plan, budget, carry)
         iters = iters + live[0]
         accept = self.acceptance(residual, live, iters, L)
         accepted = torch.arange(W, device=window.device).unsqueeze(1) < accept.unsqueeze(0)
         err = record_errors(err, invalid[:W], accepted, steps[:W])
         tally = acceptance_tally(accept, plan.total - pos, W) if self.tally else None
         return (slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err,
-                residual.sum(1, dtype=torch.int32), V, tally)
+                residual.sum(1, dtype=torch.int32), V, tally, carry_on(carry, carried, accept))
 
-    def evaluate(self, window, pos, steps, seeds, rule, plan: Plan, budget: int):
+    def evaluate(self, window, pos, steps, seeds, rule, plan: Plan, budget: int, carry: Tensor | None = None):
         """The denoiser call on ``window[:W]`` and the rule's sweep over ``steps``' slices:
-        ``(states [n, B, L], residual [W, B], invalid [n, B], V)``."""
+        ``(states [n, B, L], residual [W, B], invalid [n, B], V, carried)``, ``carried`` the rule's
+        per-slice carry candidates (``None`` for rules that carry nothing)."""
         W, B, L = window.shape[0] - 1, window.shape[1], window.shape[2]
         xs = window[:W].reshape(W * B, L)
         ts = rule.times[steps[:W].clamp(min=0)].reshape(W * B)
         index, rows = rule.request(window[0], plan, pos, steps.shape[0], W, budget)
         logits = rule.prepare(self.call(xs, ts, index))
-        states, residual, invalid = rule.sweep(logits, rows, steps, window, seeds, plan, pos)
-        return states, residual, invalid, logits.shape[-1]
+        states, residual, invalid, carried = rule.sweep(logits, rows, steps, window, seeds, plan, pos, carry)
+        return states, residual, invalid, logits.shape[-1], carried
 
     def cost(self, W: int, B: int, L: int, budget: int, rule) -> tuple[int, int]:
         """``(rows, logits rows)`` one round evaluates: the window of every sample, and every position

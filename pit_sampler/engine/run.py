@@ -248,12 +248,12 @@ class Engine:
         try:
             with checked:
                 out = self._round(batch.window, batch.pos, batch.iters, batch.err, batch.seeds, rule, budget,
-                                  *batch.plan.tensors())
+                                  batch.carry, *batch.plan.tensors())
         except torch._dynamo.exc.Unsupported as err:
             raise ValueError(f"compile={self.config.compile!r}: torch.compile(fullgraph=True) cannot trace a round "
                              f"with this denoiser (it must run without host reads such as .item() or "
                              f"data-dependent Python control flow); use compile=False. {err}") from err
-        batch.window, batch.pos, batch.iters, batch.err, residual, V, tally = out
+        batch.window, batch.pos, batch.iters, batch.err, residual, V, tally, batch.carry = out
         run.check_vocab(V)
         if tally is not None:
             batch.tallies.append(tally)

@@ -48,7 +48,8 @@ class Batch:
     on the current block), ``err`` (:func:`~pit_sampler.engine.accept.record_errors`), ``seeds``,
     ``plan``, ``bounds`` (window span -> ``(draws, reach)``: :meth:`Plan.window_draws` and the slots a
     window may start at until the next poll, :func:`~pit_sampler.engine.plan.reach_bound`) and
-    ``tallies`` (each round's :func:`acceptance_tally` since the last poll, with ``window="auto"``)."""
+    ``tallies`` (each round's :func:`acceptance_tally` since the last poll, with ``window="auto"``) and
+    ``carry`` (what the step rule carries from each sample's last exact slice, or ``None``)."""
 
     slots: list[int]
     window: Tensor
@@ -59,6 +60,7 @@ class Batch:
     plan: Plan
     bounds: dict[int, tuple[Tensor, int | None]]
     tallies: list[Tensor] = field(default_factory=list)
+    carry: Tensor | None = None
 
     @classmethod
     def start(cls, x: Tensor, seeds: Tensor, plan: Plan, bounds: dict) -> "Batch":
@@ -73,7 +75,8 @@ class Batch:
         index = torch.tensor(keep, dtype=torch.int64, device=self.pos.device)
         return Batch([self.slots[i] for i in keep], self.window[:, index], self.pos[index], self.iters[index],
                      self.err[index], self.seeds[index], self.plan.select(index),
-                     {span: (b[index], reach) for span, (b, reach) in self.bounds.items()})
+                     {span: (b[index], reach) for span, (b, reach) in self.bounds.items()},
+                     carry=None if self.carry is None else self.carry[index])
 
     def resize(self, W: int) -> None:
         """Cut the window to ``W + 1`` slots, or pad it with its last state."""

@@ -56,8 +56,13 @@ class StepRule:
         """The rule's transform of the packed rows ``[M, V]`` it reads (default: none)."""
         return logits
 
-    def sweep(self, logits: Tensor, rows: Tensor, steps: Tensor, window: Tensor, seeds: Tensor, plan: Plan):
+    def sweep(self, logits: Tensor, rows: Tensor, steps: Tensor, window: Tensor, seeds: Tensor, plan: Plan,
+              pos: Tensor, carry: Tensor | None):
         """One fused sweep over ``steps``' ``n`` slices from ``window[0]``, with ``window[1:]`` the previous
         iterate (``pos``: each sample's first planned slot): ``(states [n, B, L], residual [W, B],
-        invalid [n, B])``."""
+        invalid [n, B], carried)``. A rule that needs something of the slice before the window (the
+        trapezoidal rule: the logits of the previous state) returns per-slice candidates ``carried
+        [n, B, ...]``; the engine keeps each sample's candidate of its last accepted slice (its input
+        was exact) and passes it back as ``carry`` (``None`` before the first round). Others return
+        ``None``."""
         raise NotImplementedError

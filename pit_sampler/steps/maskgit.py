@@ -132,12 +132,13 @@ class MaskGIT(StepRule):
         u = torch.arange(n, device=x0.device).unsqueeze(1)
         return None, u * B + torch.arange(B, device=x0.device)
 
-    def sweep(self, logits, rows, steps, window, seeds, plan, pos):
+    def sweep(self, logits, rows, steps, window, seeds, plan, pos, carry):
         kslot, bslot, pos_block = plan.extra
         slots = plan.window_slots(pos, steps.shape[0])
         L = window.shape[2]
-        return maskgit_ops.maskgit_sweep(
+        states, residual, invalid = maskgit_ops.maskgit_sweep(
             logits.view(-1, L, logits.shape[-1]), rows, steps, window[0], window[1:], seeds,
             torch.where(steps >= 0, kslot.gather(1, slots.T).T, 0),
             torch.where(steps >= 0, bslot.gather(1, slots.T).T, -1), pos_block, self.mask_id, self.temperature,
             self.order)
+        return states, residual, invalid, None

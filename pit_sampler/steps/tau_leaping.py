@@ -107,6 +107,6 @@ class TauLeaping(StepRule):
             return logits
         return truncate_logits(logits, c.top_k, c.top_p, c.temperature, c.mask_id)
 
-    def sweep(self, logits, rows, steps, window, seeds, plan, pos):
+    def sweep(self, logits, rows, steps, window, seeds, plan, pos, carry):
         states, _, residual, invalid = self.spec(logits, rows, steps, window[0], window[1:], seeds)
-        return states, residual, invalid
+        return states, residual, invalid, None
