@@ -67,46 +67,46 @@ def _label(env: dict) -> str:
     return f"{env['device_name']} ({env['device']})"
 
 
-def speedup_vs_window(result: dict, path: Path) -> Path:
-    """Speedup (solid) and rounds reduction (dotted) against the window, one line per (L, B, N, grid)."""
+_SHORT = {"length": "L", "batch": "B", "steps": "N", "window": "W"}
+
+
+def _speedup_lines(result: dict, path: Path, what: str, x: str, line_key: tuple, dotted: bool,
+                   min_points: int = 1) -> Path:
+    """PIT's speedup against ``x`` (``window`` or ``batch``), one line per value of ``line_key``
+    measured at ``min_points`` points or more, a panel per device setting; ``dotted``: the rounds
+    reduction too, and red crosses where the tokens differed."""
     panels = _panels([r for r in _runs(result) if r["sampler"] == "pit"])
-    fig, axes = _figure(max(1, len(panels)), f"PIT vs sequential: speedup vs window, {_label(result['env'])}")
+    fig, axes = _figure(max(1, len(panels)), f"PIT vs sequential: speedup vs {what}, {_label(result['env'])}")
     for ax, (key, rows) in zip(axes, sorted(panels.items())):
         lines = defaultdict(list)
         for r in rows:
-            lines[(r["length"], r["batch"], r["steps"], r["grid"])].append(r)
-        for (L, B, N, grid), pts in sorted(lines.items()):
-            pts.sort(key=lambda r: r["window"])
-            ws = [r["window"] for r in pts]
-            (line,) = ax.plot(ws, [r["speedup"] for r in pts], "o-", label=f"L{L} B{B} N{N} {grid}")
-            ax.plot(ws, [r["rounds_ratio"] for r in pts], ":", color=line.get_color())
-            bad = [r for r in pts if not r["identical"]]
-            ax.plot([r["window"] for r in bad], [r["speedup"] for r in bad], "x", color="red", ms=9)
+            lines[tuple(r[k] for k in line_key)].append(r)
+        for values, pts in sorted(lines.items()):
+            if len(pts) < min_points:
+                continue
+            pts.sort(key=lambda r: r[x])
+            label = " ".join(f"{_SHORT.get(k, '')}{v}" for k, v in zip(line_key, values))
+            (line,) = ax.plot([r[x] for r in pts], [r["speedup"] for r in pts], "o-", label=label)
+            if dotted:
+                ax.plot([r[x] for r in pts], [r["rounds_ratio"] for r in pts], ":", color=line.get_color())
+                bad = [r for r in pts if not r["identical"]]
+                ax.plot([r[x] for r in bad], [r["speedup"] for r in bad], "x", color="red", ms=9)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("window W")
-        ax.set_ylabel("speedup (solid), rounds seq/PIT (dotted)")
+        ax.set_xlabel(f"{what} {'W' if x == 'window' else 'B'}")
+        ax.set_ylabel("speedup (solid), rounds seq/PIT (dotted)" if dotted else "speedup")
         ax.set_title("/".join(map(str, key)), fontsize=9)
     return _finish(fig, axes, path)
+
+
+def speedup_vs_window(result: dict, path: Path) -> Path:
+    """Speedup (solid) and rounds reduction (dotted) against the window, one line per (L, B, N, grid)."""
+    return _speedup_lines(result, path, "window", "window", ("length", "batch", "steps", "grid"), dotted=True)
 
 
 def speedup_vs_batch(result: dict, path: Path) -> Path:
     """Speedup against the batch size, one line per (L, N, grid, W) measured at two or more batch sizes."""
-    panels = _panels([r for r in _runs(result) if r["sampler"] == "pit"])
-    fig, axes = _figure(max(1, len(panels)), f"PIT vs sequential: speedup vs batch, {_label(result['env'])}")
-    for ax, (key, rows) in zip(axes, sorted(panels.items())):
-        lines = defaultdict(list)
-        for r in rows:
-            lines[(r["length"], r["steps"], r["grid"], r["window"])].append(r)
-        for (L, N, grid, W), pts in sorted(lines.items()):
-            if len(pts) < 2:
-                continue
-            pts.sort(key=lambda r: r["batch"])
-            ax.plot([r["batch"] for r in pts], [r["speedup"] for r in pts], "o-", label=f"W{W} L{L} N{N} {grid}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch B")
-        ax.set_ylabel("speedup")
-        ax.set_title("/".join(map(str, key)), fontsize=9)
-    return _finish(fig, axes, path)
+    return _speedup_lines(result, path, "batch", "batch", ("window", "length", "steps", "grid"), dotted=False,
+                          min_points=2)
 
 
 def residuals(result: dict, path: Path) -> Path:

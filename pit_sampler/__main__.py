@@ -22,27 +22,26 @@ from .models.demo import (DIGIT_MODELS, ORACLE_MODELS, TEXT_MODELS, demo_digits,
                           demo_text, demo_text_prompt)
 
 
-def _window(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 1, got {value}")
-    return value
+def _int_option(low: int, auto: bool = False):
+    """An argparse type: an int >= ``low`` (or ``"auto"`` when ``auto``)."""
+    want = ("'auto' or " if auto else "") + f"an int >= {low}"
+
+    def parse(text: str):
+        if auto and text == "auto":
+            return text
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {value}")
+        return value
+
+    return parse
 
 
-def _tokens(text: str) -> int:
-    """``--max-new-tokens``: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
-    return value
+_window = _int_option(1, auto=True)  # --window: "auto" or an int >= 1
+_tokens = _int_option(0)  # --max-new-tokens: an int >= 0
 
 
 @contextlib.contextmanager

@@ -84,20 +84,9 @@ def _check_scalar_int(name, v, lo, hi):
 
 
 @torch.library.custom_op("pit_sampler::maskgit_sweep", mutates_args=())
-def _maskgit_sweep(
-    logits: Tensor,
-    rows: Tensor,
-    steps: Tensor,
-    x0: Tensor,
-    prev: Tensor,
-    seeds: Tensor,
-    kcount: Tensor,
-    slice_block: Tensor,
-    pos_block: Tensor,
-    mask_id: int,
-    temperature: float,
-    order: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _maskgit_sweep(logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, kcount: Tensor,
+                   slice_block: Tensor, pos_block: Tensor, mask_id: int, temperature: float,
+                   order: int) -> tuple[Tensor, Tensor, Tensor]:
     _check(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order)
     return ops.kernel("maskgit_sweep", x0.device)(
         logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask_id, temperature, order
@@ -113,20 +102,9 @@ def _(logits, rows, steps, x0, prev, seeds, kcount, slice_block, pos_block, mask
     )
 
 
-def maskgit_sweep(
-    logits: Tensor,
-    rows: Tensor,
-    steps: Tensor,
-    x0: Tensor,
-    prev: Tensor,
-    seeds: Tensor,
-    kcount: Tensor,
-    slice_block: Tensor,
-    pos_block: Tensor,
-    mask_id: int,
-    temperature: float = 1.0,
-    order: int = reference.CONFIDENCE,
-) -> tuple[Tensor, Tensor, Tensor]:
+def maskgit_sweep(logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, kcount: Tensor,
+                  slice_block: Tensor, pos_block: Tensor, mask_id: int, temperature: float = 1.0,
+                  order: int = reference.CONFIDENCE) -> tuple[Tensor, Tensor, Tensor]:
     """One fused k-per-step sweep over ``W`` slices: ``(states [W, B, L], residual [W, B], invalid [W, B])``.
 
     ``logits [R, L, V]`` (fp32/bf16/fp16, ``2 <= V <= 2**20``); int64 ``rows``, ``steps``, ``kcount``,

@@ -123,22 +123,9 @@ def _(x, seeds, cdf, mask_id, rule):
 
 
 @torch.library.custom_op("pit_sampler::sweep", mutates_args=())
-def _sweep(
-    logits: Tensor,
-    rows: Tensor,
-    steps: Tensor,
-    x0: Tensor,
-    prev: Tensor,
-    seeds: Tensor,
-    cdf: Tensor,
-    rate: Tensor,
-    mask_id: int,
-    temperature: float,
-    rule: int,
-    score: bool,
-    argmax_final: bool,
-    with_counts: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _sweep(logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
+           rate: Tensor, mask_id: int, temperature: float, rule: int, score: bool, argmax_final: bool,
+           with_counts: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_sweep(logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule)
     return kernel("sweep", x0.device)(
         logits, rows, steps, x0, prev, seeds, cdf, rate, mask_id, temperature, rule, score, argmax_final, with_counts
@@ -164,22 +151,9 @@ def unmask_table(x: Tensor, seeds: Tensor, cdf: Tensor, mask_id: int, rule: int)
     return torch.ops.pit_sampler.unmask_table(x, seeds, cdf, int(mask_id), int(rule))
 
 
-def sweep(
-    logits: Tensor,
-    rows: Tensor,
-    steps: Tensor,
-    x0: Tensor,
-    prev: Tensor,
-    seeds: Tensor,
-    cdf: Tensor,
-    rate: Tensor,
-    mask_id: int,
-    temperature: float = 1.0,
-    rule: int = 0,
-    score: bool = False,
-    argmax_final: bool = False,
-    with_counts: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sweep(logits: Tensor, rows: Tensor, steps: Tensor, x0: Tensor, prev: Tensor, seeds: Tensor, cdf: Tensor,
+          rate: Tensor, mask_id: int, temperature: float = 1.0, rule: int = 0, score: bool = False,
+          argmax_final: bool = False, with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One fused Picard sweep over ``W`` slices: ``(states, counts, residual, invalid)``.
 
     Shapes: ``logits [M, V]`` packed rows (fp32/bf16/fp16, any strides), ``rows`` int64 ``[W, B, L]``

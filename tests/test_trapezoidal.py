@@ -33,7 +33,8 @@ def _x(B=4):
 
 
 TINY = make_oracle("mixture", seed=1, num_tokens=4, length=6)  # the Triton interpreter is slow
-CASES = [(b, rule, theta) for b in ps.ops.available_backends("cpu") for rule, theta in (("reject", 0.5), ("first", 0.3))]
+CASES = [(b, rule, theta) for b in ps.ops.available_backends("cpu")
+         for rule, theta in (("reject", 0.5), ("first", 0.3))]
 
 
 @pytest.mark.parametrize("backend,rule,theta", tiered(CASES, default={c for c in CASES if c[0] != "triton"}

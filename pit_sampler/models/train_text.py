@@ -43,29 +43,14 @@ import torch.nn.functional as F
 
 from . import text
 
+_SIZE = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4)
 MLM_CONFIGS = {
-    "bert": dict(
-        hidden_size=192,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=768,
-        max_position_embeddings=256,
-        type_vocab_size=1,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    ),
+    "bert": dict(_SIZE, intermediate_size=768, max_position_embeddings=256, type_vocab_size=1, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0),
     "modernbert": dict(  # two local layers (a window of 8 positions), then two global ones
-        hidden_size=192,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=384,
-        max_position_embeddings=512,
-        local_attention=8,
+        _SIZE, intermediate_size=384, max_position_embeddings=512, local_attention=8,
         layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"],
-        attention_dropout=0.0,
-        mlp_dropout=0.0,
-        embedding_dropout=0.0,
-    ),
+        attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0),
 }
 EVALUATOR_CONFIG = dict(n_embd=192, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 

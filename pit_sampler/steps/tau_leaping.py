@@ -78,7 +78,8 @@ class TauLeaping(StepRule):
         times = time_grid(c.num_steps, c.grid, c.t_max, c.t_min)
         tables = step_tables(schedule, times, c.rule)
         if c.score and not bool(torch.isfinite(tables.rate).all()):
-            raise ValueError(f"schedule {schedule!r} has an infinite score rate at t_max={c.t_max} (needs alpha(t_max) > 0)")
+            raise ValueError(f"schedule {schedule!r} has an infinite score rate at t_max={c.t_max} "
+                             "(needs alpha(t_max) > 0)")
         spec = ops.SweepSpec(tables.cdf, tables.rate, c.mask_id, c.temperature, tables.rule, c.score,
                              c.final == "argmax")
         truncates = c.top_k is not None or c.top_p is not None
