@@ -527,3 +527,20 @@ def test_kcount_at_most_zero_selects_nothing_even_the_largest_key(backend):
     states, residual, invalid = _raw(backend, args, 1.0, ORDERS.index("entropy"))
     assert torch.equal(states[:, 0], torch.tensor([[0, 0], [0, 0], [0, 0], [2, 0]]))
     assert torch.equal(residual[:, 0], torch.tensor([0, 0, 0, 1], dtype=torch.int32)) and not bool(invalid.any())
+
+
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_ragged_picard_equals_sequential_on_every_backend(backend):
+    """The exactness matrix for the k-per-step rule on each CPU backend: ragged prompts, a row with
+    nothing to fill, steps with k = 0, blocks; Picard windows 3 and 8 give the sequential tokens."""
+    x = _x_init(B=3)
+    x[0, :7] = 1
+    x[1] = 2
+    kw = dict(num_steps=16, order="margin", block_length=None)
+    with ops.use_backend(backend):
+        seq = _sampler(**kw).sample(x, seed=4)
+        for window in ((3,) if backend == "triton" else (3, 8)):
+            assert torch.equal(_sampler(window=window, **kw).sample(x, seed=4).tokens, seq.tokens), window
+        assert ops.last_backend("maskgit_sweep") == backend
+    with ops.use_backend("reference"):
+        assert torch.equal(_sampler(**kw).sample(x, seed=4).tokens, seq.tokens)
