@@ -215,26 +215,11 @@ def _model_device(den) -> torch.device:
     return torch.device("cpu")
 
 
-def generate(
-    model,
-    tokenizer=None,
-    prompts="",
-    *,
-    max_new_tokens: int | None = None,
-    gen_length: int | None = None,
-    num_steps: int | None = None,
-    sampler="pit",
-    num_return_sequences: int = 1,
-    seed=None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    window: int | str = "auto",
-    add_special_tokens: bool = True,
-    eos_token_id: int | list[int] | None = None,
-    padding: bool | str = "auto",
-    **sampler_kwargs,
-) -> GenerateOutput:
+def generate(model, tokenizer=None, prompts="", *, max_new_tokens: int | None = None, gen_length: int | None = None,
+             num_steps: int | None = None, sampler="pit", num_return_sequences: int = 1, seed=None,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             window: int | str = "auto", add_special_tokens: bool = True, eos_token_id: int | list[int] | None = None,
+             padding: bool | str = "auto", **sampler_kwargs) -> GenerateOutput:
     """Sample ``num_return_sequences`` texts per prompt; see the module docstring for the layout,
     seeds and output.
 
@@ -263,7 +248,30 @@ def generate(
     end a continuation (default the tokenizer's EOS and SEP tokens); they are special tokens, so
     suppressed unless the adapter keeps them (``HFMaskedLM(..., keep_ids=[eos])``).
     """
-    # -- the denoiser ------------------------------------------------------------------------------
+    den, tokenizer = _denoiser(model, tokenizer)
+    mask_id = den.mask_id
+    max_new_tokens = _check_arguments(den, max_new_tokens, gen_length, num_return_sequences, num_steps, padding,
+                                      add_special_tokens)
+    top_k, top_p = check_truncation(top_k, top_p)
+    temperature = check_temperature(temperature)
+    run = _sampler(den, sampler, num_steps, window, temperature, top_k, top_p, sampler_kwargs)
+    prefix, cores, layouts, max_new_tokens = _layouts(den, tokenizer, prompts, max_new_tokens, add_special_tokens,
+                                                      num_return_sequences)
+    seeds = _make_seeds(seed, len(layouts))
+    pad_id = getattr(den, "pad_id", None)
+    sequences, generated, results = _sample_rows(run, den, layouts, seeds, pad_id if padding is not False else None,
+                                                 pad_id, mask_id)
+    ids, continuations = _trim(sequences, len(prefix), cores, max_new_tokens, _stop_ids(eos_token_id, tokenizer))
+    texts = completions = None
+    if tokenizer is not None:
+        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        completions = [tokenizer.decode(row, skip_special_tokens=True) for row in continuations]
+    return GenerateOutput(sequences, generated, ids, texts, completions, seeds, results)
+
+
+def _denoiser(model, tokenizer):
+    """``(denoiser, tokenizer)``: an adapter as given, a Hugging Face module wrapped in
+    :class:`~pit_sampler.adapters.HFMaskedLM`; the tokenizer defaults to the adapter's."""
     if isinstance(model, Adapter) or callable(getattr(model, "sampler_kwargs", None)):
         den = model
     elif isinstance(model, nn.Module):
@@ -276,8 +284,12 @@ def generate(
     mask_id = getattr(den, "mask_id", None)
     if not is_int(mask_id):
         raise ValueError(f"model: the denoiser has no mask_id (got {mask_id!r}); wrap it in an adapter")
-    pad_id = getattr(den, "pad_id", None)
-    # -- arguments ---------------------------------------------------------------------------------
+    return den, tokenizer
+
+
+def _check_arguments(den, max_new_tokens, gen_length, num_return_sequences, num_steps, padding,
+                     add_special_tokens) -> int | None:
+    """The generation arguments checked; returns ``max_new_tokens`` (``gen_length`` is its LLaDA name)."""
     if gen_length is not None:
         if max_new_tokens is not None and max_new_tokens != gen_length:
             raise ValueError(
@@ -291,14 +303,17 @@ def generate(
         raise ValueError(f"num_steps must be None or an int >= 1, got {num_steps!r}")
     if padding not in ("auto", True, False):
         raise ValueError(f"padding must be 'auto', True or False, got {padding!r}")
-    if padding is True and pad_id is None:
+    if padding is True and getattr(den, "pad_id", None) is None:
         raise ValueError("padding=True needs a pad id (HFMaskedLM(..., pad_id=...) or a tokenizer with a pad token)")
     if not isinstance(add_special_tokens, bool):
         raise TypeError(f"add_special_tokens must be a bool, got {add_special_tokens!r}")
-    top_k, top_p = check_truncation(top_k, top_p)
-    temperature = check_temperature(temperature)
-    instance = not isinstance(sampler, str)
-    if instance:
+    return max_new_tokens
+
+
+def _sampler(den, sampler, num_steps, window, temperature, top_k, top_p, sampler_kwargs):
+    """The sampler to run: an instance as given (configured by its own arguments), or a new
+    ``PITSampler`` / ``TauLeapingSampler`` from the arguments."""
+    if not isinstance(sampler, str):
         if not callable(getattr(sampler, "sample", None)):
             raise TypeError(f"sampler must be 'pit', 'sequential' or a sampler instance, got {type(sampler).__name__}")
         named = [name for name, value, default in (("num_steps", num_steps, None), ("top_k", top_k, None),
@@ -307,12 +322,26 @@ def generate(
         named += list(sampler_kwargs)
         if named:
             raise ValueError(f"sampler is an instance: configure it with its own arguments, not {', '.join(named)}")
-        theirs = getattr(getattr(sampler, "config", None), "mask_id", mask_id)
-        if theirs != mask_id:
-            raise ValueError(f"the sampler's mask_id={theirs}, but the model's is {mask_id}")
-    elif sampler not in SAMPLERS:
+        theirs = getattr(getattr(sampler, "config", None), "mask_id", den.mask_id)
+        if theirs != den.mask_id:
+            raise ValueError(f"the sampler's mask_id={theirs}, but the model's is {den.mask_id}")
+        return sampler
+    if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS} or a sampler instance, got {sampler!r}")
-    # -- the layout --------------------------------------------------------------------------------
+    steps = num_steps if num_steps is not None else DEFAULT_STEPS
+    kwargs = {"num_steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, **sampler_kwargs}
+    if sampler == "pit":
+        return PITSampler(den, window=window, **kwargs)
+    if window != "auto":
+        raise ValueError("window applies to sampler='pit'")
+    return TauLeapingSampler(den, **kwargs)
+
+
+def _layouts(den, tokenizer, prompts, max_new_tokens, add_special_tokens, copies: int):
+    """``(prefix, cores, layouts, max_new_tokens)``: the template's prefix, each row's prompt with its
+    gaps as masks (``cores``) and its whole layout (module docstring), ``copies`` rows per prompt. The
+    length is checked against the model's (or :data:`MAX_LENGTH`) before any row is built."""
+    mask_id = den.mask_id
     items = _prompt_list(prompts)
     if any(isinstance(p, str) for p in items) and tokenizer is None:
         raise ValueError("text prompts need a tokenizer (pass tokenizer=..., or an HFMaskedLM with one)")
@@ -335,32 +364,23 @@ def generate(
                          f"max_new_tokens={max_new_tokens}) exceed {what}={limit}")
     cores = [_expand(segs, mask_id) for segs in pieces]
     layouts = [prefix + core + [mask_id] * max_new_tokens + suffix for core in cores]
-    layouts = [row for row in layouts for _ in range(num_return_sequences)]
-    cores = [core for core in cores for _ in range(num_return_sequences)]
-    R = len(layouts)
-    masked = [sum(i == mask_id for i in row) for row in layouts]
-    if max(masked) == 0:
+    layouts = [row for row in layouts for _ in range(copies)]
+    cores = [core for core in cores for _ in range(copies)]
+    if max(sum(i == mask_id for i in row) for row in layouts) == 0:
         raise ValueError("nothing to generate: max_new_tokens is 0 and no prompt has a gap")
-    seeds = _make_seeds(seed, R)
-    # -- the sampler -------------------------------------------------------------------------------
-    if instance:
-        run = sampler
-    else:
-        steps = num_steps if num_steps is not None else DEFAULT_STEPS
-        kwargs = {"num_steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, **sampler_kwargs}
-        if sampler == "pit":
-            run = PITSampler(den, window=window, **kwargs)
-        else:
-            if window != "auto":
-                raise ValueError("window applies to sampler='pit'")
-            run = TauLeapingSampler(den, **kwargs)
-    device = _model_device(den)
-    pad = pad_id is not None and padding is not False
-    groups = [list(range(R))] if pad else [
+    return prefix, cores, layouts, max_new_tokens
+
+
+def _sample_rows(run, den, layouts: list[list[int]], seeds: Tensor, pad: int | None, pad_id: int | None,
+                 mask_id: int):
+    """``(sequences [R, L], generated [R, L], results)``: the rows sampled in one padded batch (``pad``
+    not ``None``) or one batch per row length."""
+    R, L = len(layouts), max(len(row) for row in layouts)
+    groups = [list(range(R))] if pad is not None else [
         [r for r in range(R) if len(layouts[r]) == n] for n in sorted({len(row) for row in layouts})]
     fill = pad_id if pad_id is not None else -1
     sequences = torch.full((R, L), fill, dtype=torch.int64)
-    results = []
+    device, results = _model_device(den), []
     for rows in groups:
         width = max(len(layouts[r]) for r in rows)
         x = torch.tensor([layouts[r] + [fill] * (width - len(layouts[r])) for r in rows], dtype=torch.int64)
@@ -370,18 +390,18 @@ def generate(
     generated = torch.zeros(R, L, dtype=torch.bool)
     for r, row in enumerate(layouts):
         generated[r, : len(row)] = torch.tensor(row) == mask_id
-    # -- the texts ---------------------------------------------------------------------------------
-    stops = _stop_ids(eos_token_id, tokenizer)
+    return sequences, generated, results
+
+
+def _trim(sequences: Tensor, start: int, cores: list[list[int]], max_new_tokens: int, stops: set[int]):
+    """``(ids, continuations)`` of each row: the prompt with its gaps filled, then the continuation up
+    to its first stop id; and the continuation alone."""
     ids, continuations = [], []
-    for r in range(R):
-        start = len(prefix) + len(cores[r])
-        body = sequences[r, len(prefix) : start].tolist()
-        tail = sequences[r, start : start + max_new_tokens].tolist()
+    for r, core in enumerate(cores):
+        end = start + len(core)
+        body = sequences[r, start:end].tolist()
+        tail = sequences[r, end : end + max_new_tokens].tolist()
         cut = next((i for i, v in enumerate(tail) if v in stops), len(tail))
         ids.append(body + tail[:cut])
         continuations.append(tail[:cut])
-    texts = completions = None
-    if tokenizer is not None:
-        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-        completions = [tokenizer.decode(row, skip_special_tokens=True) for row in continuations]
-    return GenerateOutput(sequences, generated, ids, texts, completions, seeds, results)
+    return ids, continuations
