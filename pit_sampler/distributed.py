@@ -169,6 +169,8 @@ class WindowParallelPIT(PITSampler):
             raise ValueError("window parallelism needs an int window (every rank must run the same windows)")
         if c.compile is not False or c.cuda_graph:
             raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
+        if self.blocks is not None:
+            raise ValueError("window parallelism does not support block_length yet (it samples the whole sequence)")
         self.engine.rule = dataclasses.replace(self.engine.rule, packing="draws")  # the plan says who draws what
         self.logits_bytes = 0.0
         self.drawn_per_round = 0.0

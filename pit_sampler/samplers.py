@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .adapters import resolve_sampler_kwargs
+from .blocks import BlockRunner, BlockSettings
 from .config import PITConfig, TauLeapingConfig
 from .engine.accept import Acceptance
 from .engine.result import SampleResult
@@ -45,12 +46,21 @@ class TauLeapingSampler:
 
     ``config``: a :class:`~pit_sampler.config.TauLeapingConfig` (a :class:`~pit_sampler.config.PITConfig`
     gives the sequential baseline of its run); keyword arguments are its fields and override
-    ``config``'s; an adapter's settings fill in the rest (:mod:`pit_sampler.config`)."""
+    ``config``'s; an adapter's settings fill in the rest (:mod:`pit_sampler.config`).
+
+    ``block_length`` (an int >= 1; ``None``: one block): semi-autoregressive block sampling (BD3-LM):
+    blocks of ``block_length`` positions from position 0, left to right, each a full run of the
+    process on its masked positions with the model called on the prefix and the block only
+    (``x[:, :e_k]``); ``sample`` then returns a :class:`~pit_sampler.blocks.BlockResult` (per-block
+    rounds). Without a cache every call recomputes the prefix. ``eos_id``: a sample that draws it in a
+    block stops after that block and its later masked positions take ``pad_id`` (default ``eos_id``).
+    Details: :mod:`pit_sampler.blocks`. These three are arguments of the sampler, not config fields."""
 
     config_type = TauLeapingConfig
     round_type = Round  # a subclass may evaluate a round differently (pit_sampler.distributed)
 
-    def __init__(self, denoiser: Denoiser, config: TauLeapingConfig | None = None, **kwargs):
+    def __init__(self, denoiser: Denoiser, config: TauLeapingConfig | None = None, *, block_length: int | None = None,
+                 eos_id: int | None = None, pad_id: int | None = None, **kwargs):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
         given = self.config_type.arguments(config, kwargs, family=TauLeapingConfig)
@@ -65,6 +75,8 @@ class TauLeapingSampler:
             rule = TauLeaping.build(c, bool(getattr(denoiser, "supports_positions", False)))
         self.engine = Engine(denoiser, rule, c, sync_every=c.sync_every, cuda_graph=c.cuda_graph,
                              round_type=self.round_type, **self._picard())
+        blocks = BlockSettings.build(block_length, eos_id, pad_id, c.mask_id, c.vocab_size)
+        self.blocks = None if blocks is None else BlockRunner(self.engine, blocks)
 
     def _picard(self) -> dict:
         """The engine's window and acceptance: sequential."""
@@ -76,10 +88,11 @@ class TauLeapingSampler:
 
         ``seed``: an int in ``[-2**63, 2**64)`` (its 64 bits key the noise; per-sample seeds are derived
         from it and the slot) or an int64 tensor ``[B]`` of per-sample seeds. With ``max_rows``, the
-        batch runs in groups, one after the other (each sample's tokens are the same). Runs under
-        ``torch.no_grad()``."""
+        batch runs in groups, one after the other (each sample's tokens are the same). With
+        ``block_length``, block by block (:mod:`pit_sampler.blocks`). Runs under ``torch.no_grad()``."""
         x = checked_x_init(x_init, self.config)
-        return self.engine.sample(x, sample_seeds(seed, x.shape[0], x.device))
+        seeds = sample_seeds(seed, x.shape[0], x.device)
+        return self.engine.sample(x, seeds) if self.blocks is None else self.blocks.sample(x, seeds)
 
     @property
     def rounds_done(self) -> int:

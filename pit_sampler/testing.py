@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Oracle", "IndependentOracle", "MixtureOracle", "HMMOracle", "make_oracle", "ORACLES"]
+__all__ = ["Oracle", "IndependentOracle", "MixtureOracle", "HMMOracle", "make_oracle", "ORACLES", "PrefixOracle"]
 
 
 def _check_tokens(x: Tensor, vocab_size: int, length: int) -> None:
@@ -254,3 +254,26 @@ class Gathered:
         if not torch.compiler.is_compiling():
             self.requested.append(positions.numel())
         return out.reshape(-1, out.shape[-1])[positions]
+
+
+class PrefixOracle:
+    """An oracle as a model of any input length up to its own (block sampling's inputs are a prefix,
+    :mod:`pit_sampler.blocks`): called on ``x [N, e]`` with ``e <= oracle.length`` it masks the
+    positions ``[e, length)`` (unobserved: marginalised), calls the oracle and returns the first ``e``
+    positions' logits ``[N, e, vocab_size]``. Each position's conditional then depends only on the
+    input it is given, as a block-causal model's does on the prefix and its block; exact and batch
+    invariant. ``inputs`` records each call's input (a copy) when ``record=True``."""
+
+    def __init__(self, oracle: Oracle, record: bool = False):
+        self.oracle, self.record, self.inputs = oracle, record, []
+        self.mask_id, self.vocab_size = oracle.mask_id, oracle.vocab_size
+
+    def __call__(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        N, e = x.shape
+        if not 1 <= e <= self.oracle.length:
+            raise ValueError(f"x must have 1 to {self.oracle.length} positions, got {e}")
+        if self.record:
+            self.inputs.append(x.clone())
+        full = torch.full((N, self.oracle.length), self.mask_id, dtype=x.dtype, device=x.device)
+        full[:, :e] = x
+        return self.oracle(full, t)[:, :e]
