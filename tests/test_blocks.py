@@ -20,12 +20,13 @@ KW = dict(mask_id=MASK, num_steps=N)
 
 
 def ragged_x() -> torch.Tensor:
-    """Five rows: all masked; a prompt ending inside block 0; a prompt covering two blocks of 3 (with an
-    EOS in it, which must not stop the row); infilling context in the middle; nothing masked."""
+    """Five rows: all masked; a prompt ending inside block 0; a prompt covering two blocks of 3 and
+    ending with an EOS inside the next block (a prompt's EOS must not stop the row); infilling context
+    in the middle; nothing masked."""
     truth = ORACLE.sample(5, torch.Generator().manual_seed(1))
     x = torch.full((5, L), MASK)
     x[1, :2] = torch.tensor([1, 2])
-    x[2, :6] = torch.tensor([0, 1, EOS, 3, 2, 1])
+    x[2, :7] = torch.tensor([0, 1, 3, 2, 1, 2, EOS])
     x[3, 4:7] = truth[3, 4:7]
     x[4] = truth[4]
     return x
@@ -72,12 +73,16 @@ def test_pit_equals_sequential_and_the_naive_block_loop(backend):
                 seq = blocks(PrefixOracle(ORACLE), bl, eos_id=eos).sample(x, seed=7)
                 assert torch.equal(seq.tokens, naive_blocks(x, 7, bl, eos, eos)), (bl, eos)
                 stopped += int((seq.lengths < L).sum())
+                work = [[bool((x[b, s : s + bl] == MASK).any()) and seq.lengths[b] > s for b in range(5)]
+                        for s in range(0, L, bl)]
+                assert seq.block_samples == [sum(w) for w in work]  # rows with nothing to do are not run
                 for window in windows:
                     for den in dens:
                         pit = blocks(den, bl, window, eos_id=eos).sample(x, seed=7)
                         assert torch.equal(pit.tokens, seq.tokens), (bl, eos, window)
                         assert pit.exact and torch.equal(pit.lengths, seq.lengths)
                         assert pit.rounds == 1 + sum(pit.block_rounds)  # the probe: x holds prompts
+                        assert window == "auto" or max(pit.windows) > 1
         assert ps.ops.last_backend() == backend
     assert stopped > 0  # EOS stopped some sample before its last block
 
@@ -104,6 +109,17 @@ def test_every_call_sees_the_prefix_and_its_block_only(window):
         assert bool((first[:, k * bl :] == MASK).all())
     assert out.block_rounds == [seen.count(e) for e in ends] and out.rounds == len(den.inputs)
     assert out.block_samples == [3] * len(ends) and bool((out.lengths == L).all())
+
+
+def test_picard_pays_inside_every_block():
+    """Exact Picard inside blocks takes fewer rounds than sequential in every block (same tokens)."""
+    oracle = make_oracle("mixture", seed=0, num_tokens=6, length=32)
+    kw = dict(mask_id=oracle.mask_id, num_steps=256, block_length=16, vocab_size=oracle.vocab_size)
+    x = torch.full((2, 32), oracle.mask_id)
+    seq = ps.TauLeapingSampler(PrefixOracle(oracle), **kw).sample(x, seed=0)
+    pit = ps.PITSampler(PrefixOracle(oracle), window=8, **kw).sample(x, seed=0)
+    assert torch.equal(pit.tokens, seq.tokens) and seq.block_samples == pit.block_samples == [2, 2]
+    assert all(p * 2 <= s for p, s in zip(pit.block_rounds, seq.block_rounds)), (pit.block_rounds, seq.block_rounds)
 
 
 @pytest.mark.parametrize("cls", [ps.TauLeapingSampler, ps.PITSampler])
@@ -176,7 +192,8 @@ def test_maskgit_orders_run_block_by_block_on_the_same_runner():
         den = PrefixOracle(ORACLE, record=True)
         mg = ps.MaskGITSampler(den, mask_id=MASK, num_steps=4, order="confidence", window=window)
         runs.append(BlockRunner(mg.engine, BlockSettings(3, EOS)).sample(x, ps.sample_seeds(0, 5)))
-        assert {c.shape[1] for c in den.inputs} <= {3, 6, 9, 10}
+        seen = [c.shape[1] for c in den.inputs]  # the probe (x holds prompts), then each block in order
+        assert seen == sorted(seen) and sorted(set(seen)) == [3, 6, 9, 10], seen
     assert torch.equal(runs[0].tokens, runs[1].tokens) and not bool((runs[0].tokens == MASK).any())
 
 
