@@ -39,14 +39,12 @@ of ``x_init`` there are kept. ``max_new_tokens`` is the masked length ``x_init``
 **Vocabulary.** Later blocks' inputs hold a prefix, and the engine learns an unknown vocabulary size
 by one probe row whenever its input holds a non-mask id. So a run whose ``vocab_size`` is not given
 probes once itself (one round, one row: what the plain sampler spends when ``x_init`` holds a prompt)
-and runs its blocks on a copy of the engine that knows ``V`` (:func:`with_vocab`). The one run
-without a probe is the plain sampler's: one block and no prompt, where the engine learns ``V`` from
-its first round.
+and hands ``V`` to every block's engine run. The one run without a probe is the plain sampler's: one
+block and no prompt, where the engine learns ``V`` from its first round.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -122,17 +120,6 @@ class BlockSettings:
                 raise ValueError(f"{name}={value} is out of range for the denoiser's vocab size V={V}")
 
 
-def with_vocab(engine: Engine, V: int) -> Engine:
-    """A copy of ``engine`` (same denoiser, rule, window, acceptance, clock) whose config says
-    ``vocab_size=V``, so its runs make no probe call."""
-    config = dataclasses.replace(engine.config, vocab_size=V)
-    copy = Engine(engine.round.call.denoiser, engine.rule, config, window=engine.window,
-                  acceptance=engine.acceptance, sync_every=engine.sync_every, cuda_graph=engine.cuda_graph,
-                  round_type=type(engine.round))
-    copy.clock = engine.clock
-    return copy
-
-
 class BlockRunner:
     """Runs an :class:`~pit_sampler.engine.run.Engine`, whatever its step rule, block by block (module
     docstring). ``sample(x, seeds)`` takes what :meth:`Engine.sample` takes and returns a
@@ -140,19 +127,18 @@ class BlockRunner:
 
     def __init__(self, engine: Engine, settings: BlockSettings):
         self.engine, self.settings = engine, settings
-        self._engines = {engine.config.vocab_size: engine}
 
     def sample(self, x: Tensor, seeds: Tensor) -> BlockResult:
         """Fill every mask of ``x [B, L]`` (int64) block by block with per-sample ``seeds [B]``."""
         B, L = x.shape
         spans = self.settings.spans(L)
         work, top = self._facts(x, spans)
-        engine, probe = self._engine_for(x, top, spans)
+        vocab, probe = self._vocab(x, top, spans)
         x, masked = x.clone(), x == self.engine.config.mask_id
         live, lengths, runs, samples = [True] * B, [L] * B, [], []
         for k, (start, end) in enumerate(spans):
             rows = [b for b in range(B) if live[b] and work[b][k]]
-            out, stopped = self._block(engine, x, seeds, masked, rows, (start, end)) if rows else (None, [])
+            out, stopped = self._block(vocab, x, seeds, masked, rows, (start, end)) if rows else (None, [])
             runs.append(out)
             samples.append(len(rows))
             for b in stopped:
@@ -175,29 +161,24 @@ class BlockRunner:
         K = len(spans)
         return [flat[b * K : (b + 1) * K] for b in range(x.shape[0])], top
 
-    def _engine_for(self, x: Tensor, top: int, spans: list) -> tuple[Engine, int]:
-        """The engine for this run and the probe rows spent (module docstring, "Vocabulary"): with
-        ``vocab_size`` unknown, one all-mask row of the first block's input length learns ``V``
-        (unless the run is the plain sampler's: one block, no prompt)."""
+    def _vocab(self, x: Tensor, top: int, spans: list) -> tuple[int | None, int]:
+        """``(V, probe rows spent)`` (module docstring, "Vocabulary"): with ``vocab_size`` unknown, one
+        all-mask row of the first block's input length learns ``V`` (unless the run is the plain
+        sampler's: one block, no prompt)."""
         engine = self.engine
         if engine.config.vocab_size is not None or (top < 0 and len(spans) == 1):
-            return engine, 0
-        row = torch.full((1, spans[0][1]), engine.config.mask_id, dtype=torch.int64, device=x.device)
-        t = engine.rule.times[:1].to(x.device)
-        V = engine.round.call(row, t, torch.zeros(1, dtype=torch.int64, device=x.device)).shape[-1]
-        if top >= V:
-            raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={V}")
+            return None, 0
+        V = engine.probe(x[:1, : spans[0][1]], top)
         self.settings.check_vocab(V)
-        if V not in self._engines:
-            self._engines[V] = with_vocab(engine, V)
-        return self._engines[V], 1
+        return V, 1
 
-    def _block(self, engine: Engine, x: Tensor, seeds: Tensor, masked: Tensor, rows: list[int], span: tuple):
-        """Block ``span = (s, e)`` of the samples ``rows``: one engine run on ``x[rows, :e]``, its tokens
-        written into ``x`` in place. ``(result, the samples that produced eos_id in the block)``."""
+    def _block(self, vocab: int | None, x: Tensor, seeds: Tensor, masked: Tensor, rows: list[int], span: tuple):
+        """Block ``span = (s, e)`` of the samples ``rows``: one engine run on ``x[rows, :e]`` (``vocab``:
+        the probed vocabulary size), its tokens written into ``x`` in place. ``(result, the samples that
+        produced eos_id in the block)``."""
         start, end = span
         index = torch.tensor(rows, dtype=torch.int64, device=x.device)
-        out = engine.sample(x[index, :end], seeds[index])
+        out = self.engine.sample(x[index, :end], seeds[index], vocab)
         x[index, start:end] = out.tokens[:, start:end]
         stopped = []
         if self.settings.eos_id is not None:

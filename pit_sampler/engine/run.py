@@ -173,17 +173,19 @@ class Engine:
         slices = AUTO_GROUP if self.auto else self.window
         return max(1, cap // slices)
 
-    def sample(self, x: Tensor, seeds: Tensor) -> SampleResult:
-        """Fill every mask of ``x [B, L]`` (int64, checked by the caller) with per-sample ``seeds [B]``."""
+    def sample(self, x: Tensor, seeds: Tensor, vocab: int | None = None) -> SampleResult:
+        """Fill every mask of ``x [B, L]`` (int64, checked by the caller) with per-sample ``seeds [B]``;
+        ``vocab``: the denoiser's vocabulary size if the caller learned it (:meth:`probe`), so that no
+        run spends a probe row on it."""
         self.rounds_done = 0
         g = self.group_size(x.shape[0])
-        return concat([self.run(x[i : i + g], seeds[i : i + g]) for i in range(0, x.shape[0], g)])
+        return concat([self.run(x[i : i + g], seeds[i : i + g], vocab) for i in range(0, x.shape[0], g)])
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self, x: Tensor, seeds: Tensor) -> SampleResult:
+    def run(self, x: Tensor, seeds: Tensor, vocab: int | None = None) -> SampleResult:
         """One group of samples through the poll loop (module docstring)."""
         rule = self._rule_on(x.device)
-        run, batch, info = self._start(x, seeds, rule)
+        run, batch, info = self._start(x, seeds, rule, vocab)
         while True:
             raise_errors(info["err"], batch.slots)
             batch, info = self._compact(run, batch, info)
@@ -207,17 +209,19 @@ class Engine:
             run.bar.update(run.bar.total - max(info["remaining"]) - run.bar.n)
         return run.result(self.config.mask_id, self.acceptance.is_exact(self.max_window))
 
-    def _start(self, x: Tensor, seeds: Tensor, rule):
+    def _start(self, x: Tensor, seeds: Tensor, rule, vocab: int | None):
         """Check the ids (one read, with each sample's masked count and the largest prompt id), probe
-        the vocabulary if needed, plan, first poll."""
+        the vocabulary if needed (not when the caller knows it: ``vocab``), plan, first poll."""
         mask_id, B = self.config.mask_id, x.shape[0]
         masked = x == mask_id
         facts = torch.stack([x.min(), x.max(), torch.where(masked, -1, x).max()])
         low, high, top, *counts = torch.cat([facts, masked.sum(1)]).tolist()
         check_token_range("x_init", low, high, self.config.vocab_size)
         run = _Run(x.clone(), torch.full((B,), -1, dtype=torch.int64, device=x.device), top, None)
-        if top >= 0 and self.config.vocab_size is None:
-            run.vocab = self._probe(x, rule, top)
+        if vocab is not None:
+            run.check_vocab(vocab)
+        elif top >= 0 and self.config.vocab_size is None:
+            run.vocab = self.probe(x[:1], top)
             run.rounds = run.rows = 1
         plan = rule.plan(x, seeds, counts)
         spans = {rule.span(w) for w in powers_of_two(self.max_window)} if rule.packing == "draws" else set()
@@ -230,12 +234,13 @@ class Engine:
         run.bar = _progress(self.config.progress, max(info["remaining"]), type(self.rule).__name__)
         return run, batch, info
 
-    def _probe(self, x: Tensor, rule, top: int) -> int:
-        """The vocabulary size from one all-mask row (the first model call: its inputs are checked),
-        so that a prompt id out of range is reported here rather than inside the model."""
+    def probe(self, x: Tensor, top: int) -> int:
+        """The vocabulary size from one all-mask row as long as ``x``'s rows (the first model call: its
+        inputs are checked), so that ``top``, the largest prompt id, is reported here when out of
+        range rather than inside the model."""
         probe = torch.full_like(x[:1], self.config.mask_id)
         index = torch.zeros(1, dtype=torch.int64, device=x.device)
-        V = self.round.call(probe, rule.times[:1], index).shape[-1]
+        V = self.round.call(probe, self._rule_on(x.device).times[:1], index).shape[-1]
         if top >= V:
             raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={V}")
         return V
