@@ -148,9 +148,7 @@ class Engine:
         self.clock = time.perf_counter
         self.rounds_done = 0  # rounds run so far in this sample() call (names the round of a failure)
 
-    @property
-    def max_window(self) -> int:
-        return AUTO_MAX_WINDOW if self.auto else self.window
+    max_window = property(lambda self: AUTO_MAX_WINDOW if self.auto else self.window)
 
     @property
     def buckets(self) -> bool:
@@ -174,9 +172,8 @@ class Engine:
         return max(1, cap // slices)
 
     def sample(self, x: Tensor, seeds: Tensor, vocab: int | None = None) -> SampleResult:
-        """Fill every mask of ``x [B, L]`` (int64, checked by the caller) with per-sample ``seeds [B]``;
-        ``vocab``: the denoiser's vocabulary size if the caller learned it (:meth:`probe`), so that no
-        run spends a probe row on it."""
+        """Fill every mask of ``x [B, L]`` (int64, checked) with per-sample ``seeds [B]``; ``vocab``: the
+        vocabulary size if the caller learned it (:meth:`probe`): no run then spends a probe row."""
         self.rounds_done = 0
         g = self.group_size(x.shape[0])
         return concat([self.run(x[i : i + g], seeds[i : i + g], vocab) for i in range(0, x.shape[0], g)])
