@@ -11,7 +11,8 @@ machine whose speed drifts affects all of them alike. Wall-time ratios within on
 so the time the sampler spends outside it per round (sampling, bookkeeping, the window policy) is
 measured directly, free of the network's own noise.
 
-Settings: the demo's digits model (64 samples, N = 256); the small random transformer of
+Settings (the grids of the committed results, named since the default became ``cosine``): the demo's
+digits model (64 samples, N = 256, geometric); the small random transformer of
 :mod:`bench.models` at L = 256, B = 1 and 4 (N = 128, geometric); the mixture and HMM oracles at
 L = 256 with a transformer's forward pass as each call's cost (N = 1024), as in :mod:`bench.e2e`.
 
@@ -48,10 +49,10 @@ def settings():
     cost = make_transformer("cost", 256, vocab_size=17)
     out = [("digits demo (B=64, N=256)", "digits", load_pretrained("digits"),
             torch.full((64, digits.LENGTH), digits.MASK_ID), dict(mask_id=digits.MASK_ID, num_steps=256,
-                                                                    vocab_size=digits.VOCAB_SIZE))]
+                                                                    vocab_size=digits.VOCAB_SIZE, grid="geometric"))]
     for b in (1, 4):
         out.append((f"small transformer L=256 B={b} (N=128)", "transformer", small, torch.full((b, 256), small.mask_id),
-                    dict(mask_id=small.mask_id, num_steps=128, vocab_size=small.vocab_size)))
+                    dict(mask_id=small.mask_id, num_steps=128, vocab_size=small.vocab_size, grid="geometric")))
     for name, grid in (("mixture", "uniform"), ("hmm", "geometric")):
         den = OracleDenoiser(make_oracle(name, 0, num_tokens=16, length=256), cost)
         out.append((f"{name} oracle + cost net L=256 (N=1024, {grid})", "oracle", den, torch.full((1, 256), den.mask_id),

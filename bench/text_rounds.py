@@ -43,7 +43,7 @@ def run(grid: dict, batch: int, seed: int) -> list[dict]:
         x = torch.full((batch, length), tok.mask_token_id, dtype=torch.int64)
         den(x[:1], torch.ones(1))  # warm-up call
         for m in multiples:
-            kw = dict(num_steps=m * length, **den.sampler_kwargs())
+            kw = dict(num_steps=m * length, grid="geometric", rule="reject", **den.sampler_kwargs())
             start = time.perf_counter()
             seq = TauLeapingSampler(den, **kw).sample(x, seed=seed)
             seq_s = time.perf_counter() - start

@@ -164,7 +164,7 @@ class TauLeapingConfig(SamplerConfig):
 
     schedule: str | Schedule = "loglinear"
     rule: str = "reject"
-    grid: str = "geometric"
+    grid: str = "cosine"
     t_max: float = 1.0
     t_min: float = 1e-3
     final: str = "sample"

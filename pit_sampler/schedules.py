@@ -125,14 +125,22 @@ def get_schedule(schedule: str | Schedule) -> Schedule:
     raise ValueError(f"schedule must be a Schedule or one of {sorted(SCHEDULES)}, got {schedule!r}")
 
 
-GRIDS = ("uniform", "geometric")
+GRIDS = ("uniform", "geometric", "cosine")
 
 
-def time_grid(num_steps: int, grid: str = "geometric", t_max: float = 1.0, t_min: float = 1e-3) -> torch.Tensor:
-    """float64 ``[num_steps + 1]``: ``t_0 = t_max > t_1 > ... > t_N = t_min``.
+def time_grid(num_steps: int, grid: str = "cosine", t_max: float = 1.0, t_min: float = 1e-3) -> torch.Tensor:
+    """float64 ``[num_steps + 1]``: ``t_0 = t_max > t_1 > ... > t_N = t_min``; with ``s_j = j / N``:
 
-    ``uniform`` is evenly spaced in ``t``; ``geometric`` is evenly spaced in ``log t`` (constant
-    ``Delta / t``), the safe default near ``t -> 0`` where ``r(t)`` blows up.
+    * ``uniform``: evenly spaced in ``t``, ``t_j = t_max + (t_min - t_max) s_j``;
+    * ``geometric``: evenly spaced in ``log t`` (constant ``Delta / t``),
+      ``t_j = t_max (t_min / t_max)^{s_j}``: large steps while most positions are masked, small ones
+      near ``t -> 0`` where ``r(t)`` blows up;
+    * ``cosine`` (the samplers' default): ``t_j = t_min + (t_max - t_min) cos(pi s_j / 2)``. With the
+      ``loglinear`` and ``linear`` schedules the masked fraction ``1 - alpha(t)`` is proportional to
+      ``t``, so it follows MaskGIT's cosine masking schedule ``cos(pi s / 2)``: the steps are small
+      while most positions are masked (``Delta_j`` grows like ``sin(pi s_j / 2)``), where positions
+      unmasked in the same step are most dependent, and the last step is about ``pi / 2`` times a
+      uniform one. docs/quality.md has the measurements behind the default.
     """
     if not (is_int(num_steps) and num_steps >= 1):
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
@@ -146,6 +154,8 @@ def time_grid(num_steps: int, grid: str = "geometric", t_max: float = 1.0, t_min
         ts = t_max + (t_min - t_max) * j
     elif grid == "geometric":
         ts = t_max * (t_min / t_max) ** j
+    elif grid == "cosine":
+        ts = t_min + (t_max - t_min) * torch.cos(0.5 * math.pi * j)
     else:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     ts[0], ts[-1] = t_max, t_min

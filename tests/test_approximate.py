@@ -33,7 +33,7 @@ def setting():
     oracle = make_oracle("mixture", seed=0, num_tokens=V, length=L)
     outcomes = torch.tensor(list(itertools.product(range(V), repeat=L)))
     law = oracle.log_prob(outcomes).exp()
-    kw = dict(mask_id=oracle.mask_id, num_steps=64, vocab_size=oracle.mask_id + 1)
+    kw = dict(mask_id=oracle.mask_id, num_steps=64, vocab_size=oracle.mask_id + 1, grid="geometric")
     x = torch.full((B, L), oracle.mask_id)
     exact = ps.TauLeapingSampler(oracle, **kw).sample(x, seed=0)
     return oracle, law, kw, x, exact

@@ -35,7 +35,7 @@ def test_loglinear_rate_is_one_over_t():
     torch.testing.assert_close(ps.Linear().rate(t), 1 / t)
 
 
-@pytest.mark.parametrize("grid", ["uniform", "geometric"])
+@pytest.mark.parametrize("grid", ["uniform", "geometric", "cosine"])
 @pytest.mark.parametrize("n", [1, 2, 7, 100])
 def test_time_grid(grid, n):
     ts = ps.time_grid(n, grid, t_max=0.9, t_min=0.002)
@@ -44,6 +44,11 @@ def test_time_grid(grid, n):
     if grid == "geometric" and n > 1:
         ratio = ts[1:] / ts[:-1]
         torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0].item()))
+    elif grid == "cosine":  # (t - t_min) / (t_max - t_min) = cos(pi j / 2N): small steps first
+        s = torch.arange(n + 1, dtype=torch.float64) / n
+        torch.testing.assert_close((ts - 0.002) / (0.9 - 0.002), torch.cos(0.5 * math.pi * s), rtol=0, atol=1e-15)
+        d = ts[:-1] - ts[1:]
+        assert (d[1:] > d[:-1]).all()
     elif n > 1:
         d = ts[:-1] - ts[1:]
         torch.testing.assert_close(d, torch.full_like(d, d[0].item()))
@@ -61,7 +66,7 @@ def _u(x):
     return (x.double() + 0.5) / 2**32
 
 
-@pytest.mark.parametrize("grid", ["uniform", "geometric"])
+@pytest.mark.parametrize("grid", ["uniform", "geometric", "cosine"])
 @pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
 def test_poisson_thresholds_are_the_inverse_cdf(sched, grid):
     """K = #{k : x >= T[j, k]} equals the float64 Poisson inverse CDF at U = (x + 0.5) / 2**32."""
