@@ -261,6 +261,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def save_result(result: dict, out: str, markdown, started: float) -> dict:
+    """Stamp ``result`` with the CPU, date, torch version, threads and the seconds since ``started``,
+    and write ``<out>.json`` and ``<out>.md`` (``markdown(result)``)."""
+    result["environment"] = {"cpu": cpu_name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                             "threads": torch.get_num_threads()}
+    result["seconds"] = round(time.time() - started, 1)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown(result) + "\n")
+    print(f"wrote {path.with_suffix('.json')} and {path.with_suffix('.md')} ({result['seconds']:.0f} s)")
+    return result
+
+
 def environment(device: torch.device) -> dict:
     """Versions, device and machine facts recorded with every result."""
     env = {

@@ -37,21 +37,19 @@ tables of docs/quality.md).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import itertools
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
 from pit_sampler import TauLeapingSampler
 from pit_sampler.schedules import GRIDS, LogLinear, time_grid
-from pit_sampler.testing import make_oracle
+from pit_sampler.testing import TauLeapingLaw, make_oracle, unmask_probs
 
-from .e2e import cpu_name
+from .e2e import save_result
 
 RULES = ("reject", "first", "tweedie")
 FINALS = ("sample", "argmax")
@@ -95,83 +93,16 @@ def summary(lp: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------------
 # exact output law on a tiny oracle
 # ------------------------------------------------------------------------------------------------
-def unmask_probs(num_steps: int, grid: str, rule: str, t_min: float = 1e-3) -> torch.Tensor:
-    """float64 ``[N]``: ``P(a masked position unmasks at step j)`` on the log-linear schedule
-    (:mod:`pit_sampler.rules`): ``lambda_j = Delta_j r(t_j)``; ``reject``: ``lambda e^-lambda``;
-    ``first``: ``1 - e^-lambda``; ``tweedie``: ``(m(t_j) - m(t_{j+1})) / m(t_j)`` with ``m = 1 - alpha``."""
-    s, t = LogLinear(), time_grid(num_steps, grid, 1.0, t_min)
-    if rule == "tweedie":
-        return ((s.masked(t[:-1]) - s.masked(t[1:])) / s.masked(t[:-1])).clamp(0.0, 1.0)
-    lam = (t[:-1] - t[1:]) * s.rate(t[:-1])
-    return lam * torch.exp(-lam) if rule == "reject" else -torch.expm1(-lam)
-
-
-class ExactLaw:
-    """The output law of mean-parametrization tau-leaping with a perfect denoiser on a tiny oracle.
-
-    Every partial sequence ``s`` (``(K + 1)^L`` of them, ``K`` = mask) and every one-step transition
-    ``s -> s'`` (each masked position stays masked or takes one of the ``K`` tokens) is enumerated once,
-    with the product ``w`` of the drawn tokens' conditionals ``p(x_l = s'_l | s)``, the number ``k`` of
-    positions drawn and ``m`` of positions masked in ``s``. A step with unmask probability ``u`` is then
-    ``P'[s'] = sum_{s -> s'} P[s] w u^k (1 - u)^(m - k)``; the final fill is the same with ``u = 1``, and
-    ``final="argmax"`` replaces the conditionals by the one-hot of their argmax."""
-
-    def __init__(self, orc):
-        K, L = orc.num_tokens, orc.length
-        X = torch.tensor(list(itertools.product(range(K + 1), repeat=L)), dtype=torch.int64)
-        cond = orc.conditionals(X)  # [S, L, K]
-        argmax = torch.nn.functional.one_hot(cond.argmax(-1), K).to(torch.float64)
-        place = (K + 1) ** torch.arange(L - 1, -1, -1)
-        src = torch.arange(len(X))
-        dst = torch.zeros(len(X), dtype=torch.int64)
-        w = torch.ones(len(X), dtype=torch.float64)
-        w_max = torch.ones(len(X), dtype=torch.float64)
-        k = torch.zeros(len(X), dtype=torch.int64)
-        for l in range(L):
-            tok = X[src, l]
-            masked = tok == K
-            n_opt = torch.where(masked, K + 1, 1)  # a masked position: stay masked or take one of K tokens
-            rep = torch.repeat_interleave(torch.arange(len(src)), n_opt)
-            opt = torch.arange(len(rep)) - (torch.cumsum(n_opt, 0) - n_opt)[rep]
-            src, dst, w, w_max, k, masked, tok = (v[rep] for v in (src, dst, w, w_max, k, masked, tok))
-            draws = masked & (opt < K)
-            one = torch.ones((), dtype=torch.float64)
-            w = w * torch.where(draws, cond[src, l, opt.clamp(max=K - 1)], one)
-            w_max = w_max * torch.where(draws, argmax[src, l, opt.clamp(max=K - 1)], one)
-            k = k + draws.to(torch.int64)
-            dst = dst + torch.where(masked, opt, tok) * place[l]
-        self.src, self.dst, self.w, self.w_max = src, dst, w, w_max
-        self.k = k.to(torch.float64)
-        self.m = (X == K).sum(1)[src].to(torch.float64)
-        self.size = len(X)
-        self.clean = (X < K).all(1).nonzero().squeeze(1)
-        self.p = orc.log_prob(X[self.clean]).exp()  # the oracle, in the same order
-
-    def _step(self, P: torch.Tensor, u: float, w: torch.Tensor) -> torch.Tensor:
-        ww = w * u**self.k * (1.0 - u) ** (self.m - self.k)
-        return torch.zeros_like(P).index_add_(0, self.dst, P[self.src] * ww)
-
-    def run(self, u: torch.Tensor, final: str = "sample") -> torch.Tensor:
-        """Probabilities of the clean sequences after the steps ``u`` (``[N]``) and the final fill."""
-        P = torch.zeros(self.size, dtype=torch.float64)
-        P[-1] = 1.0  # all masked
-        for uj in u.tolist():
-            P = self._step(P, uj, self.w)
-        P = self._step(P, 1.0, self.w if final == "sample" else self.w_max)
-        return P[self.clean]
-
-    def divergences(self, q: torch.Tensor) -> dict:
-        """``KL(q || p)``, total variation and ``E_q[log p]`` (nats)."""
-        logp = torch.log(self.p)
-        kl = torch.where(q > 0, q * (torch.log(q.clamp(min=1e-300)) - logp), torch.zeros_like(q)).sum()
-        return dict(kl=float(kl), tv=float(0.5 * (q - self.p).abs().sum()), loglik=float((q * logp).sum()),
-                    exact_loglik=float((self.p * logp).sum()))
+def step_probs(num_steps: int, grid: str, rule: str, t_min: float = 1e-3) -> torch.Tensor:
+    """float64 ``[N + 1]``: the unmask probability of each step on the log-linear schedule, the fill
+    last (:func:`pit_sampler.testing.unmask_probs`)."""
+    return unmask_probs(LogLinear(), time_grid(num_steps, grid, 1.0, t_min), rule)
 
 
 def unmask_step_law(num_steps: int, grid: str, rule: str, t_min: float = 1e-3) -> torch.Tensor:
     """float64 ``[N + 1]``: ``P(a masked position unmasks at step j)``, ``j = 0..N`` (``N``: the final fill),
-    from :func:`unmask_probs`: ``prod_{i < j} (1 - u_i) u_j``, and ``prod_{i < N} (1 - u_i)`` for the fill."""
-    u = unmask_probs(num_steps, grid, rule, t_min)
+    from :func:`step_probs`: ``prod_{i < j} (1 - u_i) u_j``, and ``prod_{i < N} (1 - u_i)`` for the fill."""
+    u = step_probs(num_steps, grid, rule, t_min)[:-1]
     survive = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - u, 0)])
     return torch.cat([survive[:-1] * u, survive[-1:]])
 
@@ -343,9 +274,9 @@ def run(preset: str = "full", seed: int = 0, log=print) -> dict:
             log(f"{name} L={L} N={N} {c}: {rows[-1]['mean']:.3f} ({rows[-1]['seconds']:.0f} s)")
     kl_rows = []
     for name in ("mixture", "hmm"):
-        law = ExactLaw(make_oracle(name, num_tokens=4, length=6))
+        law = TauLeapingLaw(make_oracle(name, num_tokens=4, length=6))
         for N, grid, rule, final in itertools.product(cfg["kl_steps"], GRIDS, RULES, FINALS):
-            q = law.run(unmask_probs(N, grid, rule), final)
+            q = law.run(step_probs(N, grid, rule), final)
             kl_rows.append(dict(oracle=name, L=6, K=4, N=N, grid=grid, rule=rule, final=final, **law.divergences(q)))
     return dict(rows=rows, exact=exact, kl=kl_rows, preset=preset, seed=seed)
 
@@ -431,15 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
              "rounds": (lambda: run_rounds(args.seed), markdown_rounds)}
     measure, table = parts[args.part]
     result = measure()
-    result["environment"] = {"cpu": cpu_name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                             "threads": torch.get_num_threads()}
-    result["seconds"] = round(time.time() - start, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(table(result) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} ({result['seconds']:.0f} s)")
-    return result
+    return save_result(result, args.out, table, start)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,16 @@ per-sample negative log-likelihood's standard error gives each gen-PPL's uncerta
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
 from pit_sampler import TauLeapingSampler
 from pit_sampler.models import text
 
-from .e2e import cpu_name
+from .e2e import save_result
 
 #: name -> sampler settings (the rest at the package defaults)
 CONFIGS = {
@@ -96,15 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.time()
     result = run(args.batch, args.length, seed=args.seed)
-    result["environment"] = {"cpu": cpu_name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                             "threads": torch.get_num_threads()}
-    result["seconds"] = round(time.time() - start, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} ({result['seconds']:.0f} s)")
-    return result
+    return save_result(result, args.out, markdown, start)
 
 
 if __name__ == "__main__":

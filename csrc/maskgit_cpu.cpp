@@ -169,18 +169,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_sweep(
     const at::Tensor& pos_block, int64_t mask_id, double temperature, int64_t order) {
   // shapes, dtypes, devices and scalars (the Python op checks them first; these guard direct calls of
   // torch.ops.pit_sampler_native.maskgit_sweep): every index below stays inside these shapes
-  const auto dtype = logits.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "logits must be float32, bfloat16 or float16, got ", dtype);
-  TORCH_CHECK(logits.dim() == 3, "logits must be [R, L, V], got ", logits.sizes());
+  check_logits(logits, 3, "[R, L, V]");
+  const std::pair<const at::Tensor*, const char*> per_slice[] = {
+      {&steps, "steps"}, {&rows, "rows"}, {&kcount, "kcount"}, {&slice_block, "slice_block"}};
+  for (const auto& [t, name] : per_slice) check_index_tensor(*t, name, 2);
   check_index_tensor(x0, "x0", 2);
-  check_index_tensor(steps, "steps", 2);
-  check_index_tensor(rows, "rows", 2);
-  check_index_tensor(kcount, "kcount", 2);
-  check_index_tensor(slice_block, "slice_block", 2);
+  check_index_tensor(pos_block, "pos_block", 2);
   check_index_tensor(prev, "prev", 3);
   check_index_tensor(seeds, "seeds", 1);
-  check_index_tensor(pos_block, "pos_block", 2);
   const int64_t R = logits.size(0), L = x0.size(1), V = logits.size(2), W = steps.size(0), B = steps.size(1);
   TORCH_CHECK(logits.size(1) == L && x0.size(0) == B, "logits must be [R, ", L, ", V] and x0 [", B, ", L], got ",
               logits.sizes(), " and ", x0.sizes());

@@ -26,6 +26,14 @@ inline void check_index_tensor(const at::Tensor& t, const char* name, int64_t di
               " dimensions, got ", t.scalar_type(), " ", t.sizes());
 }
 
+// logits: float32, bfloat16 or float16 with `dim` dimensions (`shape`, e.g. "[M, V]", for the message)
+inline void check_logits(const at::Tensor& logits, int64_t dim, const char* shape) {
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "logits must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(logits.dim() == dim, "logits must be ", shape, ", got ", logits.sizes());
+}
+
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& x0) {
   TORCH_CHECK(t.device() == x0.device(), name, " is on ", t.device(), " but x0 is on ", x0.device());
 }
@@ -34,10 +42,7 @@ inline SweepSizes check_sweep(const at::Tensor& logits, const at::Tensor& rows, 
                               const at::Tensor& x0, const at::Tensor& prev, const at::Tensor& seeds,
                               const at::Tensor& cdf, const at::Tensor& rate, int64_t mask_id, double temperature,
                               int64_t rule) {
-  const auto dtype = logits.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "logits must be float32, bfloat16 or float16, got ", dtype);
-  TORCH_CHECK(logits.dim() == 2, "logits must be [M, V] (packed rows), got ", logits.sizes());
+  check_logits(logits, 2, "[M, V] (packed rows)");
   check_index_tensor(x0, "x0", 2);
   check_index_tensor(steps, "steps", 2);
   check_index_tensor(rows, "rows", 3);

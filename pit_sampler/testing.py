@@ -236,6 +236,82 @@ def make_oracle(name: str, seed: int = 0, **kwargs) -> Oracle:
     return ORACLES[name].random(seed=seed, **kwargs)
 
 
+def unmask_probs(schedule, times: Tensor, rule: str) -> Tensor:
+    """float64 ``[N + 1]``: the spec's per-step unmask probability ``q_j`` of a masked position under
+    the mean parametrization (``j < N``; docs/sampler-spec.md section 2: ``reject`` ``lambda e^-lambda``,
+    ``first`` ``1 - e^-lambda``, ``lambda = Delta_j r(t_j)``; ``tweedie``
+    ``(alpha(t_{j+1}) - alpha(t_j)) / (1 - alpha(t_j))``), and ``q_N = 1`` (the final fill)."""
+    t_now, t_next = times[:-1], times[1:]
+    if rule == "tweedie":
+        a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
+        q = (a_next - a_now) / (1.0 - a_now)
+    else:
+        lam = (t_now - t_next) * schedule.rate(t_now)
+        q = lam * torch.exp(-lam) if rule == "reject" else -torch.expm1(-lam)
+    return torch.cat([q.to(torch.float64), torch.ones(1, dtype=torch.float64)])
+
+
+class TauLeapingLaw:
+    """The exact output law of mean-parametrization tau-leaping with a perfect denoiser (an oracle's
+    conditionals) on a tiny oracle.
+
+    Every partial sequence ``s`` (``(K + 1)^L`` of them, ``K`` = mask) and every one-step transition
+    ``s -> s'`` (each masked position stays masked or takes one of the ``K`` tokens) is enumerated once,
+    with the product ``w`` of the drawn tokens' conditionals ``p(x_l = s'_l | s)``, the number ``k`` of
+    positions drawn and ``m`` of positions masked in ``s`` (``9**6 = 531441`` transitions for K = 4,
+    L = 6). A step with unmask probability ``q`` is ``P'[s'] = sum_{s -> s'} P[s] w q^k (1 - q)^(m - k)``;
+    ``final="argmax"`` draws the last step's tokens by the argmax of the conditionals instead."""
+
+    def __init__(self, orc):
+        import itertools
+
+        K, L = orc.num_tokens, orc.length
+        X = torch.tensor(list(itertools.product(range(K + 1), repeat=L)), dtype=torch.int64)
+        cond = orc.conditionals(X)  # [S, L, K]
+        argmax = torch.nn.functional.one_hot(cond.argmax(-1), K).to(torch.float64)
+        place = (K + 1) ** torch.arange(L - 1, -1, -1)
+        src, dst = torch.arange(len(X)), torch.zeros(len(X), dtype=torch.int64)
+        w, w_max = torch.ones(len(X), dtype=torch.float64), torch.ones(len(X), dtype=torch.float64)
+        k = torch.zeros(len(X), dtype=torch.int64)
+        one = torch.ones((), dtype=torch.float64)
+        for l in range(L):
+            tok = X[src, l]
+            masked = tok == K
+            n_opt = torch.where(masked, K + 1, 1)  # a masked position: stay masked or take one of K tokens
+            rep = torch.repeat_interleave(torch.arange(len(src)), n_opt)
+            opt = torch.arange(len(rep)) - (torch.cumsum(n_opt, 0) - n_opt)[rep]
+            src, dst, w, w_max, k, masked, tok = (v[rep] for v in (src, dst, w, w_max, k, masked, tok))
+            draws = masked & (opt < K)
+            w = w * torch.where(draws, cond[src, l, opt.clamp(max=K - 1)], one)
+            w_max = w_max * torch.where(draws, argmax[src, l, opt.clamp(max=K - 1)], one)
+            k = k + draws.to(torch.int64)
+            dst = dst + torch.where(masked, opt, tok) * place[l]
+        self.src, self.dst, self.w, self.w_max = src, dst, w, w_max
+        self.k = k.to(torch.float64)
+        self.m = (X == K).sum(1)[src].to(torch.float64)
+        self.size = len(X)
+        self.clean = (X < K).all(1).nonzero().squeeze(1)  # the clean sequences, in lexicographic order
+        self.p = orc.log_prob(X[self.clean]).exp()  # the oracle's law, in the same order
+
+    def run(self, q: Tensor, final: str = "sample") -> Tensor:
+        """Probabilities of the clean sequences after the steps ``q`` (:func:`unmask_probs`: the last
+        is the fill, ``q = 1``)."""
+        P = torch.zeros(self.size, dtype=torch.float64)
+        P[-1] = 1.0  # all masked
+        for j, qj in enumerate(q.tolist()):
+            w = self.w_max if (final == "argmax" and j == len(q) - 1) else self.w
+            step = w * qj**self.k * (1.0 - qj) ** (self.m - self.k)
+            P = torch.zeros_like(P).index_add_(0, self.dst, P[self.src] * step)
+        return P[self.clean]
+
+    def divergences(self, q: Tensor) -> dict:
+        """``KL(q || p)``, total variation and ``E_q[log p]`` against the oracle's ``p`` (nats)."""
+        logp = torch.log(self.p)
+        kl = torch.where(q > 0, q * (torch.log(q.clamp(min=1e-300)) - logp), torch.zeros_like(q)).sum()
+        return dict(kl=float(kl), tv=float(0.5 * (q - self.p).abs().sum()), loglik=float((q * logp).sum()),
+                    exact_loglik=float((self.p * logp).sum()))
+
+
 class Gathered:
     """``fn`` (a full ``[R, L, V]`` denoiser) behind the positions protocol: it computes the full
     output and returns the requested rows, bit for bit what a model that computes only those rows

@@ -40,7 +40,7 @@ import pit_sampler
 from pit_sampler import ops
 from pit_sampler.rules import RULES, step_tables
 from pit_sampler.schedules import Cosine, LogLinear, Schedule, get_schedule, time_grid
-from pit_sampler.testing import make_oracle
+from pit_sampler.testing import TauLeapingLaw, make_oracle, unmask_probs
 from sweep_inputs import full_form
 
 P_FAIL = 1e-4  # goodness-of-fit tests reject at p < P_FAIL: false-failure rate 1e-4 per test
@@ -129,18 +129,6 @@ class Power(Schedule):
 
     def alpha_prime(self, t):
         return -self.k * torch.as_tensor(t, dtype=torch.float64) ** (self.k - 1)
-
-
-def unmask_probs(schedule: Schedule, times: torch.Tensor, rule: str) -> torch.Tensor:
-    """The spec's per-step unmask probability ``q_j`` (j < N) and ``q_N = 1`` (final fill), float64."""
-    t_now, t_next = times[:-1], times[1:]
-    if rule == "tweedie":
-        a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
-        q = (a_next - a_now) / (1.0 - a_now)
-    else:
-        lam = (t_now - t_next) * schedule.rate(t_now)
-        q = lam * torch.exp(-lam) if rule == "reject" else -torch.expm1(-lam)
-    return torch.cat([q, torch.ones(1, dtype=torch.float64)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,56 +554,6 @@ def oracle_probs(name: str) -> torch.Tensor:
     return p
 
 
-class TauLeapingLaw:
-    """Exact output law of mean-parametrization tau-leaping with a perfect denoiser (see module doc).
-
-    All ``(K + 1)**L`` partial sequences ``s`` (``K`` = mask) and all transitions ``s -> s'`` of one step
-    (each masked position stays masked or takes a token: ``9**6 = 531441`` for K = 4, L = 6) are
-    enumerated once, with the weight ``prod p(x_l = v | s)`` of the tokens drawn and the number ``k``
-    of positions unmasking; a step with unmask probability ``q`` multiplies it by ``q**k (1 - q)**(m - k)``
-    (``m`` = masked positions of ``s``)."""
-
-    def __init__(self, orc):
-        K, L = orc.num_tokens, orc.length
-        X = torch.tensor(list(itertools.product(range(K + 1), repeat=L)), dtype=torch.int64)
-        cond = orc.conditionals(X)  # [S, L, K]
-        place = (K + 1) ** torch.arange(L - 1, -1, -1)
-        src = torch.arange(len(X))
-        dst = torch.zeros(len(X), dtype=torch.int64)
-        w = torch.ones(len(X), dtype=torch.float64)
-        k = torch.zeros(len(X), dtype=torch.int64)
-        for l in range(L):
-            tok = X[src, l]
-            masked = tok == K
-            n_opt = torch.where(masked, K + 1, 1)
-            rep = torch.repeat_interleave(torch.arange(len(src)), n_opt)
-            opt = torch.arange(len(rep)) - (torch.cumsum(n_opt, 0) - n_opt)[rep]
-            src, dst, w, k, masked, tok = src[rep], dst[rep], w[rep], k[rep], masked[rep], tok[rep]
-            draws = masked & (opt < K)
-            new_tok = torch.where(masked, opt, tok)
-            w = w * torch.where(draws, cond[src, l, opt.clamp(max=K - 1)], torch.ones((), dtype=torch.float64))
-            k = k + draws.to(torch.int64)
-            dst = dst + new_tok * place[l]
-        self.src, self.dst, self.w = src, dst, w
-        self.k = k.to(torch.float64)
-        self.m = (X == K).sum(1)[src].to(torch.float64)
-        self.size = len(X)
-        clean = (X < K).all(1)
-        self.clean = clean.nonzero().squeeze(1)  # in the order of all_clean()
-        assert torch.equal(X[self.clean], all_clean())
-
-    def run(self, q: torch.Tensor) -> torch.Tensor:
-        """Probabilities of the clean sequences (order of :func:`all_clean`) after the steps ``q``."""
-        P = torch.zeros(self.size, dtype=torch.float64)
-        P[-1] = 1.0  # all masked
-        for qj in q.tolist():
-            ww = self.w * qj**self.k * (1.0 - qj) ** (self.m - self.k)
-            P = torch.zeros_like(P).index_add_(0, self.dst, P[self.src] * ww)
-        out = P[self.clean]
-        assert float(out.sum()) == pytest.approx(1.0, abs=1e-9)
-        return out
-
-
 @functools.cache
 def law_of(name: str) -> TauLeapingLaw:
     return TauLeapingLaw(oracle(name))
@@ -623,7 +561,11 @@ def law_of(name: str) -> TauLeapingLaw:
 
 @functools.cache
 def exact_law(name: str, rule: str, N: int, grid: str) -> torch.Tensor:
-    return law_of(name).run(unmask_probs(LogLinear(), time_grid(N, grid), rule))
+    law = law_of(name)
+    assert torch.equal(law.p, oracle_probs(name))  # the law's sequences come in the order of all_clean()
+    out = law.run(unmask_probs(LogLinear(), time_grid(N, grid), rule))
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-9)
+    return out
 
 
 class PerfectScoreModel:

@@ -59,7 +59,6 @@ def trapezoidal_tables(schedule, times: Tensor, theta: float) -> dict[str, Tenso
     """Per slice ``s = 0..2N`` (float64): the model's time input ``t``, the stage duration ``rate``
     (``theta Delta_j``, ``(1 - theta) Delta_j``, 0 at the fill), and the coefficients ``a``, ``b`` of the
     rate density ``(a q - b q')_+`` (module docstring)."""
-    N = times.shape[0] - 1
     a1 = 1.0 / (2.0 * theta * (1.0 - theta))
     a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
     t, delta = times[:-1], times[:-1] - times[1:]
