@@ -51,8 +51,8 @@ import torch
 from torch import Tensor
 
 from .engine.result import SampleResult
-from .engine.run import Engine
-from .validation import check_int, check_token_range
+from .engine.run import Engine, read_ids
+from .validation import check_int
 
 
 @dataclass
@@ -154,10 +154,8 @@ class BlockRunner:
         id (``-1``: none); the ids' range is checked against a known ``vocab_size``."""
         mask_id, vocab_size = self.engine.config.mask_id, self.engine.config.vocab_size
         masked = x == mask_id
-        per_block = torch.stack([masked[:, s:e].any(1) for s, e in spans], 1).to(torch.int64)
-        facts = torch.stack([x.min(), x.max(), torch.where(masked, -1, x).max()])
-        low, high, top, *flat = torch.cat([facts, per_block.flatten()]).tolist()
-        check_token_range("x_init", low, high, vocab_size)
+        per_block = torch.stack([masked[:, s:e].any(1) for s, e in spans], 1)
+        top, flat = read_ids(x, mask_id, vocab_size, per_block)
         K = len(spans)
         return [flat[b * K : (b + 1) * K] for b in range(x.shape[0])], top
 

@@ -57,6 +57,21 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def read_ids(x: Tensor, mask_id: int, vocab_size: int | None, per_sample: Tensor) -> tuple[int, list[int]]:
+    """One host read: the ids of ``x`` checked against ``[0, vocab_size)``; returns the largest prompt
+    (non-mask) id (``-1``: none) and ``per_sample`` (int64, any shape) flattened to a list."""
+    facts = torch.stack([x.min(), x.max(), torch.where(x == mask_id, -1, x).max()])
+    low, high, top, *values = torch.cat([facts, per_sample.reshape(-1).to(torch.int64)]).tolist()
+    check_token_range("x_init", low, high, vocab_size)
+    return top, values
+
+
+def check_top_token(top: int, V: int) -> None:
+    """The largest prompt id against the denoiser's vocabulary size ``V``."""
+    if top >= V:
+        raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={V}")
+
+
 @dataclass
 class _Run:
     """The host's bookkeeping of one run (one group of samples)."""
@@ -88,9 +103,7 @@ class _Run:
         if V is None:  # this process made no call (a rank with no slice of the window)
             return
         if self.vocab is None:
-            if self.top_token >= V:
-                raise ValueError(f"x_init holds token id {self.top_token}, out of range for the denoiser's vocab "
-                                 f"size V={V}")
+            check_top_token(self.top_token, V)
             self.vocab = V
         elif V != self.vocab:
             raise ValueError(f"denoiser returned vocab size V={V}, but it returned V={self.vocab} earlier in this run")
@@ -210,10 +223,7 @@ class Engine:
         """Check the ids (one read, with each sample's masked count and the largest prompt id), probe
         the vocabulary if needed (not when the caller knows it: ``vocab``), plan, first poll."""
         mask_id, B = self.config.mask_id, x.shape[0]
-        masked = x == mask_id
-        facts = torch.stack([x.min(), x.max(), torch.where(masked, -1, x).max()])
-        low, high, top, *counts = torch.cat([facts, masked.sum(1)]).tolist()
-        check_token_range("x_init", low, high, self.config.vocab_size)
+        top, counts = read_ids(x, mask_id, self.config.vocab_size, (x == mask_id).sum(1))
         run = _Run(x.clone(), torch.full((B,), -1, dtype=torch.int64, device=x.device), top, None)
         if vocab is not None:
             run.check_vocab(vocab)
@@ -238,8 +248,7 @@ class Engine:
         probe = torch.full_like(x[:1], self.config.mask_id)
         index = torch.zeros(1, dtype=torch.int64, device=x.device)
         V = self.round.call(probe, self._rule_on(x.device).times[:1], index).shape[-1]
-        if top >= V:
-            raise ValueError(f"x_init holds token id {top}, out of range for the denoiser's vocab size V={V}")
+        check_top_token(top, V)
         return V
 
     def _step(self, run: _Run, batch: Batch, rule, budget: int) -> None:
