@@ -1,4 +1,5 @@
-"""Semi-autoregressive block sampling (BD3-LM, arXiv 2503.09573) on the engine: the path without a cache.
+"""Semi-autoregressive block sampling (BD3-LM, arXiv 2503.09573) on the engine, with or without an
+exact prefix KV cache.
 
 **Blocks.** The positions ``[0, L)`` form blocks ``[s_k, e_k)`` with ``s_k = k bl`` and
 ``e_k = min(L, s_k + bl)`` (``bl = block_length``; the last block may be shorter). Blocks run left to
@@ -12,9 +13,12 @@ causal across blocks) they could not change the block's logits. The sample is dr
     p(x) = prod_k p(x[s_k:e_k] | x[:s_k]),
 
 each factor by the reverse process of the block given its clean prefix (time input: the block's own
-``t_j``, from ``t_max`` again in every block). This is the ``cache=False`` reference path: **without a
-cache every call recomputes the prefix** (a row of block ``k`` is ``e_k`` positions long); the cache
-protocol of docs/blocks.md is to be tested against it.
+``t_j``, from ``t_max`` again in every block). **Without a cache** (``cache=False``, the reference
+path) every call recomputes the prefix: a row of block ``k`` is ``e_k`` positions long. **With the
+cache** (``cache=True``; the default when the denoiser offers the protocol of
+:mod:`pit_sampler.block_cache`) the prefix is encoded once per block and every call processes the
+block's ``n_k = e_k - s_k`` positions only; the engine runs exactly as without it (the same input,
+the same noise), so the tokens are the same whenever the cached call equals the plain one.
 
 **Prompts, ragged batches.** ``x_init`` keeps its non-mask positions wherever they are. A block
 with no masked position in a sample is nothing to do for it: the sample is not part of that block's
@@ -50,6 +54,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .block_cache import PrefixCache, offers_cache
 from .engine.result import SampleResult
 from .engine.run import Engine, read_ids
 from .validation import check_int
@@ -67,31 +72,51 @@ class BlockResult(SampleResult):
     when the batch runs in one group this is the round count of its slowest sample, since each call
     serves every sample of the block); ``block_samples[k]``, how many samples ran it.
     ``lengths [B]``: the end ``e_k`` of the block in which each sample produced EOS, else ``L``
-    (masked positions from there on hold the fill id)."""
+    (masked positions from there on hold the fill id). ``positions``: the token positions the model
+    processed in all, ``sum`` over calls of rows x row length (``e_k`` without a cache, ``n_k`` with
+    it) plus the prefix positions encoded into the cache and the probe's row."""
 
     block_rounds: list[int] = field(default_factory=list)
     block_samples: list[int] = field(default_factory=list)
     lengths: Tensor | None = None
+    positions: int = 0
 
 
 @dataclass(frozen=True)
 class BlockSettings:
-    """``block_length``, ``eos_id`` and ``pad_id`` of a block run, checked (:meth:`build`)."""
+    """``block_length``, ``eos_id``, ``pad_id`` and ``cache`` of a block run, checked (:meth:`build`)."""
 
     block_length: int
     eos_id: int | None = None
     pad_id: int | None = None
+    cache: bool = False
 
     @classmethod
-    def build(cls, block_length, eos_id, pad_id, mask_id: int, vocab_size: int | None) -> "BlockSettings | None":
-        """The settings, or ``None`` without ``block_length`` (the plain sampler). ``TypeError`` or
-        ``ValueError`` naming the argument: ``block_length`` not an int >= 1; ``eos_id``/``pad_id`` not
-        an int in ``[0, vocab_size)`` other than ``mask_id``, or given without what they need."""
+    def build(cls, block_length, eos_id, pad_id, mask_id: int, vocab_size: int | None, cache=None,
+              denoiser=None) -> "BlockSettings | None":
+        """The settings, or ``None`` without ``block_length`` (the plain sampler). A block-causal
+        ``denoiser`` (``block_causal = True``) gives the default ``block_length`` (its own
+        ``block_length``, which a given one must equal) and ``cache=None`` means "if it offers the
+        protocol" (:func:`~pit_sampler.block_cache.offers_cache`). ``TypeError`` or ``ValueError``
+        naming the argument: ``block_length`` not an int >= 1 or not the model's; ``eos_id``/``pad_id``
+        not an int in ``[0, vocab_size)`` other than ``mask_id``, or given without what they need;
+        ``cache`` not ``None``/a bool, or ``True`` for a denoiser without the protocol."""
+        if cache is not None and not isinstance(cache, bool):
+            raise TypeError(f"cache must be None, True or False, got {type(cache).__name__}")
+        own = getattr(denoiser, "block_length", None) if getattr(denoiser, "block_causal", False) else None
         if block_length is None:
-            if eos_id is not None or pad_id is not None:
-                raise ValueError("eos_id and pad_id stop samples between blocks: they need block_length")
+            block_length = own
+        if block_length is None:
+            if eos_id is not None or pad_id is not None or cache is not None:
+                raise ValueError("eos_id, pad_id and cache are block sampling's: they need block_length")
             return None
         block_length = check_int("block_length", block_length, 1)
+        if own is not None and block_length != own:
+            raise ValueError(f"block_length={block_length}, but the block-causal denoiser attends in blocks of "
+                             f"{own}: its block_length")
+        if cache and not offers_cache(denoiser):
+            raise ValueError("cache=True needs a block-causal denoiser with encode() and select() "
+                             "(pit_sampler.block_cache); use cache=False")
         if pad_id is not None and eos_id is None:
             raise ValueError("pad_id fills the positions after a sample's EOS: it needs eos_id")
         ids = {}
@@ -100,7 +125,7 @@ class BlockSettings:
                 ids[name] = check_int(name, value, 0, vocab_size)
                 if ids[name] == mask_id:
                     raise ValueError(f"{name} must differ from mask_id={mask_id}, got {value}")
-        return cls(block_length, ids.get("eos_id"), ids.get("pad_id"))
+        return cls(block_length, ids.get("eos_id"), ids.get("pad_id"), offers_cache(denoiser) if cache is None else cache)
 
     @property
     def fill(self) -> int | None:
@@ -122,8 +147,8 @@ class BlockSettings:
 
 class BlockRunner:
     """Runs an :class:`~pit_sampler.engine.run.Engine`, whatever its step rule, block by block (module
-    docstring). ``sample(x, seeds)`` takes what :meth:`Engine.sample` takes and returns a
-    :class:`BlockResult`."""
+    docstring), through the engine's denoiser's cache when ``settings.cache``. ``sample(x, seeds)``
+    takes what :meth:`Engine.sample` takes and returns a :class:`BlockResult`."""
 
     def __init__(self, engine: Engine, settings: BlockSettings):
         self.engine, self.settings = engine, settings
@@ -135,10 +160,13 @@ class BlockRunner:
         work, top = self._facts(x, spans)
         vocab, probe = self._vocab(x, top, spans)
         x, masked = x.clone(), x == self.engine.config.mask_id
+        cache = PrefixCache(self.engine.round.call.denoiser) if self.settings.cache else None
         live, lengths, runs, samples = [True] * B, [L] * B, [], []
         for k, (start, end) in enumerate(spans):
             rows = [b for b in range(B) if live[b] and work[b][k]]
-            out, stopped = self._block(vocab, x, seeds, masked, rows, (start, end)) if rows else (None, [])
+            if rows and cache is not None:  # the samples with work left keep a cache up to this block
+                cache.advance(x, [b for b in range(B) if live[b] and any(work[b][k:])], start)
+            out, stopped = self._block(vocab, x, seeds, masked, rows, (start, end), cache) if rows else (None, [])
             runs.append(out)
             samples.append(len(rows))
             for b in stopped:
@@ -147,7 +175,8 @@ class BlockRunner:
         if self.settings.eos_id is not None:
             tail = masked & (torch.arange(L, device=x.device) >= lengths.unsqueeze(1))
             x = torch.where(tail, self.settings.fill, x)
-        return self._result(x, runs, samples, probe, lengths)
+        encoded = probe * spans[0][1] + (cache.tokens if cache is not None else 0)
+        return self._result(x, runs, samples, spans, probe, encoded, lengths)
 
     def _facts(self, x: Tensor, spans: list) -> tuple[list[list[int]], int]:
         """One read: whether each sample has a masked position in each block, and the largest non-mask
@@ -170,13 +199,18 @@ class BlockRunner:
         self.settings.check_vocab(V)
         return V, 1
 
-    def _block(self, vocab: int | None, x: Tensor, seeds: Tensor, masked: Tensor, rows: list[int], span: tuple):
+    def _block(self, vocab: int | None, x: Tensor, seeds: Tensor, masked: Tensor, rows: list[int], span: tuple,
+               cache: PrefixCache | None):
         """Block ``span = (s, e)`` of the samples ``rows``: one engine run on ``x[rows, :e]`` (``vocab``:
-        the probed vocabulary size), its tokens written into ``x`` in place. ``(result, the samples that
-        produced eos_id in the block)``."""
+        the probed vocabulary size; the model called through ``cache`` past the first block), its
+        tokens written into ``x`` in place. ``(result, the samples that produced eos_id in the block)``."""
         start, end = span
         index = torch.tensor(rows, dtype=torch.int64, device=x.device)
-        out = self.engine.sample(x[index, :end], seeds[index], vocab)
+        if cache is None or start == 0:
+            out = self.engine.sample(x[index, :end], seeds[index], vocab)
+        else:
+            with self.engine.using(cache.view(rows, span, x.device)):
+                out = self.engine.sample(x[index, :end], seeds[index], vocab)
         x[index, start:end] = out.tokens[:, start:end]
         stopped = []
         if self.settings.eos_id is not None:
@@ -184,15 +218,20 @@ class BlockRunner:
             stopped = [b for b, h in zip(rows, hit) if h]
         return out, stopped
 
-    def _result(self, tokens: Tensor, runs: list, samples: list[int], probe: int, lengths: Tensor) -> BlockResult:
-        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row."""
+    def _result(self, tokens: Tensor, runs: list, samples: list[int], spans: list, probe: int, encoded: int,
+                lengths: Tensor) -> BlockResult:
+        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row;
+        ``encoded``: the positions of the probe and of the cache's encodings."""
         done = [r for r in runs if r is not None]
-        rows = probe + sum(r.nfe * n for r, n in zip(runs, samples) if r is not None)
+        block_rows = [0 if r is None else r.nfe * n for r, n in zip(runs, samples)]
+        widths = [e - s if self.settings.cache else e for s, e in spans]
         windows = [w for r in done for w in r.windows]
         logits_rows = sum(r.logits_rows * len(r.windows) for r in done) / max(1, len(windows))
         engine = self.engine
         return BlockResult(
-            tokens, probe + sum(r.rounds for r in done), rows / tokens.shape[0], sum(r.iterations for r in done),
-            [res for r in done for res in r.residuals], engine.acceptance.is_exact(engine.max_window), windows,
-            done[-1].policy if done else None, logits_rows, sum(r.polls for r in done),
-            block_rounds=[0 if r is None else r.rounds for r in runs], block_samples=samples, lengths=lengths)
+            tokens, probe + sum(r.rounds for r in done), (probe + sum(block_rows)) / tokens.shape[0],
+            sum(r.iterations for r in done), [res for r in done for res in r.residuals],
+            engine.acceptance.is_exact(engine.max_window), windows, done[-1].policy if done else None, logits_rows,
+            sum(r.polls for r in done), block_rounds=[0 if r is None else r.rounds for r in runs],
+            block_samples=samples, lengths=lengths,
+            positions=round(encoded + sum(n * w for n, w in zip(block_rows, widths))))

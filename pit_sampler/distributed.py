@@ -216,7 +216,7 @@ class WindowParallelRound(Round):
         lo, hi, _ = self.owned(W, rule.span(W))
         return (hi - lo) * B, budget if self.call.positions else (hi - lo) * B * L
 
-    def evaluate(self, window, pos, steps, seeds, rule, plan, budget, carry=None):
+    def evaluate(self, window, pos, steps, seeds, rule, plan, budget, carry=None, samples=None):
         """This rank's slices through the denoiser and the sweep; the drawn tokens all-reduced; the
         window's states, residuals and invalid counts rebuilt from them (the same on every rank)."""
         W = window.shape[0] - 1
@@ -227,7 +227,8 @@ class WindowParallelRound(Round):
         dest, fits = _pack(drawn.reshape(-1), budget)
         failed = None
         try:
-            tokens, invalid = self._own_draws(window, pos, steps, seeds, rule, plan, budget, u, drawn, dest, fits)
+            tokens, invalid = self._own_draws(window, pos, steps, seeds, samples, rule, plan, budget, u, drawn, dest,
+                                              fits)
         except Exception as err:  # reported to every rank through the exchange
             failed = err
             tokens = torch.zeros(budget, dtype=torch.int32, device=window.device)
@@ -261,7 +262,7 @@ class WindowParallelRound(Round):
         self.payload.append(payload.numel() * payload.element_size())
         return payload
 
-    def _own_draws(self, window, pos, steps, seeds, rule, plan, budget, u, drawn, dest, fits):
+    def _own_draws(self, window, pos, steps, seeds, samples, rule, plan, budget, u, drawn, dest, fits):
         """``(tokens [budget] int32, invalid [n, B])``: the tokens this rank's slices draw, at their
         slots of the window's packed draw list (0 elsewhere), and its slices' invalid counts (0 for
         the other slices). Its sweep starts from ``window[0]`` with the positions that earlier
@@ -278,7 +279,7 @@ class WindowParallelRound(Round):
         xs = window[lo:hi].reshape((hi - lo) * B, L)
         ts = rule.times[steps[lo:hi].clamp(min=0)].reshape(-1)
         index, rows = rowmaps.mean_rows(plan.rank, pos, n, W, budget, owned=(lo, top))
-        logits = rule.prepare(self.call(xs, ts, index))
+        logits = rule.prepare(self.call(xs, ts, index, samples))
         self.vocab = logits.shape[-1]
         placeholder = 1 if mask_id == 0 else 0
         start = torch.where(drawn & (u < lo), placeholder, window[0])

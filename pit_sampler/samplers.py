@@ -54,13 +54,18 @@ class TauLeapingSampler:
     (``x[:, :e_k]``); ``sample`` then returns a :class:`~pit_sampler.blocks.BlockResult` (per-block
     rounds). Without a cache every call recomputes the prefix. ``eos_id``: a sample that draws it in a
     block stops after that block and its later masked positions take ``pad_id`` (default ``eos_id``).
-    Details: :mod:`pit_sampler.blocks`. These three are arguments of the sampler, not config fields."""
+    ``cache``: call the model on the block only, against an exact KV cache of the prefix encoded once
+    per block (the protocol of :mod:`pit_sampler.block_cache`; ``None``, the default: when the
+    denoiser offers it). A block-causal denoiser (``block_causal = True``, e.g.
+    :class:`~pit_sampler.block_causal.HFBlockCausalLM`) sets the default ``block_length`` (its own;
+    another is an error). Details: :mod:`pit_sampler.blocks`. These four are arguments of the
+    sampler, not config fields."""
 
     config_type = TauLeapingConfig
     round_type = Round  # a subclass may evaluate a round differently (pit_sampler.distributed)
 
     def __init__(self, denoiser: Denoiser, config: TauLeapingConfig | None = None, *, block_length: int | None = None,
-                 eos_id: int | None = None, pad_id: int | None = None, **kwargs):
+                 eos_id: int | None = None, pad_id: int | None = None, cache: bool | None = None, **kwargs):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
         given = self.config_type.arguments(config, kwargs, family=TauLeapingConfig)
@@ -75,7 +80,7 @@ class TauLeapingSampler:
             rule = TauLeaping.build(c, bool(getattr(denoiser, "supports_positions", False)))
         self.engine = Engine(denoiser, rule, c, sync_every=c.sync_every, cuda_graph=c.cuda_graph,
                              round_type=self.round_type, **self._picard())
-        blocks = BlockSettings.build(block_length, eos_id, pad_id, c.mask_id, c.vocab_size)
+        blocks = BlockSettings.build(block_length, eos_id, pad_id, c.mask_id, c.vocab_size, cache, denoiser)
         self.blocks = None if blocks is None else BlockRunner(self.engine, blocks)
 
     def _picard(self) -> dict:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Oracle", "IndependentOracle", "MixtureOracle", "HMMOracle", "make_oracle", "ORACLES", "PrefixOracle"]
+__all__ = ["Oracle", "IndependentOracle", "MixtureOracle", "HMMOracle", "make_oracle", "ORACLES", "PrefixOracle",
+           "CachedPrefixOracle"]
 
 
 def _check_tokens(x: Tensor, vocab_size: int, length: int) -> None:
@@ -353,3 +354,41 @@ class PrefixOracle:
         full = torch.full((N, self.oracle.length), self.mask_id, dtype=x.dtype, device=x.device)
         full[:, :e] = x
         return self.oracle(full, t)[:, :e]
+
+
+class CachedPrefixOracle(PrefixOracle):
+    """A :class:`PrefixOracle` that offers the block cache protocol (:mod:`pit_sampler.block_cache`):
+    its "cache" is the encoded prefix tokens ``[B, P]``, and a cached call concatenates each row's
+    sample's prefix with the block and calls the oracle, so it equals the plain call bit for bit (the
+    reference the cached sampler is tested against). ``calls`` records ``(kind, rows, positions per
+    row)`` for every model call (``"plain"``, ``"cached"``) and every ``"encode"``. ``positions``:
+    whether it offers the positions protocol; ``block_length``: the block length it declares (a
+    block-causal model's own; the oracle is consistent with every block length)."""
+
+    block_causal = True
+
+    def __init__(self, oracle: Oracle, record: bool = False, positions: bool = True, block_length: int | None = None):
+        super().__init__(oracle, record)
+        self.supports_positions, self.calls = positions, []
+        if block_length is not None:
+            self.block_length = block_length
+
+    def encode(self, x: Tensor, start: int, cache: Tensor | None = None) -> Tensor:
+        if (cache is None) != (start == 0) or (cache is not None and cache.shape != (x.shape[0], start)):
+            raise ValueError(f"the cache must cover positions 0 .. {start - 1} of the {x.shape[0]} samples")
+        self.calls.append(("encode", x.shape[0], x.shape[1]))
+        return x.clone() if cache is None else torch.cat([cache, x], 1)
+
+    def select(self, cache: Tensor, index: Tensor) -> Tensor:
+        return cache[index]
+
+    def __call__(self, x: Tensor, t: Tensor | None = None, positions: Tensor | None = None, *, cache=None,
+                 samples: Tensor | None = None, start: int = 0) -> Tensor:
+        R, n = x.shape
+        if cache is not None:
+            if cache.shape[1] != start or R % samples.shape[0]:
+                raise ValueError(f"a cached call needs the cache of positions 0 .. {start - 1} and W x B' rows")
+            x = torch.cat([cache[samples].repeat(R // samples.shape[0], 1), x], 1)
+        self.calls.append(("cached" if cache is not None else "plain", R, n))
+        out = super().__call__(x, t)[:, start:]
+        return out if positions is None else out.reshape(R * n, -1)[positions]

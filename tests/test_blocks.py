@@ -10,7 +10,7 @@ import torch
 
 import pit_sampler as ps
 from pit_sampler.blocks import BlockRunner, BlockSettings
-from pit_sampler.testing import Gathered, PrefixOracle, make_oracle
+from pit_sampler.testing import CachedPrefixOracle, Gathered, PrefixOracle, make_oracle
 from test_exactness import naive_tau_leaping
 
 ORACLE = make_oracle("hmm", seed=3, num_tokens=5, length=10)
@@ -233,3 +233,101 @@ def test_ids_out_of_the_learned_vocabulary_are_reported():
     with pytest.raises(ValueError, match=f"x_init holds token id {MASK + 2}"):
         blocks(den, 3).sample(x, seed=0)
     assert len(den.inputs) == 2  # the probes only
+
+
+# -- the cache (pit_sampler.block_cache) -----------------------------------------------------------
+
+
+def cached_and_plain(backend):
+    """The (block length, window, eos id) cases of a backend, and the cached oracles (positions
+    protocol or full output; Triton's interpreter: the positions protocol only)."""
+    lengths, windows, eos_ids, _ = CASES[backend]
+    cases = [(bl, w, eos) for bl in lengths for w in (None, *windows) for eos in eos_ids]
+    return cases, (True,) if backend == "triton" else (True, False)
+
+
+@pytest.mark.parametrize("backend", ps.ops.available_backends("cpu"))
+def test_the_cache_gives_the_tokens_of_the_reference_path(backend):
+    """``cache=True`` (an exact cached oracle) equals ``cache=False`` for the same seed bit for bit,
+    with the same rounds per block: sequential and Picard (fixed and "auto" windows), the positions
+    protocol and the full output, prompts, a ragged batch, EOS stops; past the first block every
+    call is a cached one, and the model processes fewer positions."""
+    x = ragged_x()
+    cases, protocols = cached_and_plain(backend)
+    with ps.ops.use_backend(backend):
+        for bl, window, eos in cases:
+            ref = blocks(PrefixOracle(ORACLE), bl, window, eos_id=eos).sample(x, seed=7)
+            for positions in protocols:
+                den = CachedPrefixOracle(ORACLE, positions=positions)
+                out = blocks(den, bl, window, eos_id=eos).sample(x, seed=7)
+                case = (bl, window, eos, positions)
+                assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.lengths, ref.lengths), case
+                assert window == "auto" or out.block_rounds == ref.block_rounds, case
+                assert all(n <= bl for kind, _, n in den.calls if kind != "encode"), case  # no prefix recomputed
+                assert out.positions < ref.positions and "cached" in {kind for kind, _, _ in den.calls}, case
+        assert ps.ops.last_backend() == backend
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_a_round_processes_at_most_the_window_of_blocks_plus_one_encoding_per_block(window):
+    """Counting the positions of every call with the cache: a round of block ``k`` processes at most
+    ``W B_k n_k`` positions (``n_k <= block_length``, ``B_k`` the samples in the block); the prefix is
+    encoded at most once per finished block, each position of each running sample once; the result's
+    ``positions`` is the sum of all of it."""
+    bl, x = 3, ragged_x()
+    den = CachedPrefixOracle(ORACLE)
+    out = blocks(den, bl, window, eos_id=EOS).sample(x, seed=5)
+    W, B = window or 1, x.shape[0]
+    probe, calls = den.calls[0], den.calls[1:]
+    assert probe == ("plain", 1, bl)
+    for kind, rows, n in calls:
+        assert (kind == "encode") or (n <= bl and rows <= W * B), (kind, rows, n)
+    encodes = [(rows, n) for kind, rows, n in calls if kind == "encode"]
+    assert len(encodes) <= len(range(0, L, bl)) - 1
+    last_start = [max((s for s in range(0, L, bl) if s < n and bool((x[b, s : s + bl] == MASK).any())), default=0)
+                  for b, n in enumerate(out.lengths.tolist())]
+    assert sum(rows * n for rows, n in encodes) <= sum(last_start)
+    assert out.positions == sum(rows * n for _, rows, n in den.calls)
+    cached = [(rows, n) for kind, rows, n in calls if kind == "cached"]
+    assert len(cached) == sum(out.block_rounds[1:])  # every round past block 0 is one cached call
+
+
+def test_the_cache_under_every_rule_and_mode():
+    """The trapezoidal solver, the score parametrization, top-k, the approximate modes and MaskGIT's
+    rule make the same decisions from the same logits: the cached tokens equal the reference's."""
+    x = ragged_x()
+    for extra in ({"solver": "trapezoidal"}, {"parametrization": "score", "vocab_size": MASK + 1},
+                  {"top_k": 2}, {"tol": 0.5}, {"mode": "fixed", "max_iters": 1}):
+        for window in (None, 3):
+            if window is None and ("tol" in extra or "mode" in extra):
+                continue
+            ref = blocks(PrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
+            out = blocks(CachedPrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
+            assert torch.equal(out.tokens, ref.tokens), (extra, window)
+    for window in (1, 3):
+        runs = []
+        for den, cache in ((PrefixOracle(ORACLE), False), (CachedPrefixOracle(ORACLE), True)):
+            mg = ps.MaskGITSampler(den, mask_id=MASK, num_steps=4, order="confidence", window=window)
+            runs.append(BlockRunner(mg.engine, BlockSettings(3, EOS, cache=cache)).sample(x, ps.sample_seeds(0, 5)))
+        assert torch.equal(runs[0].tokens, runs[1].tokens), window
+
+
+def test_a_block_causal_denoiser_sets_the_block_length():
+    """A denoiser that declares ``block_causal`` and ``block_length`` gives the default block length
+    (and the cache); another block length is a ValueError naming it."""
+    x = ragged_x()
+    own = ps.PITSampler(CachedPrefixOracle(ORACLE, block_length=3), window=2, **KW).sample(x, seed=4)
+    given = ps.PITSampler(CachedPrefixOracle(ORACLE), window=2, block_length=3, **KW).sample(x, seed=4)
+    assert torch.equal(own.tokens, given.tokens) and own.positions == given.positions
+    with pytest.raises(ValueError, match="block_length=4, but the block-causal denoiser attends in blocks of 3"):
+        ps.PITSampler(CachedPrefixOracle(ORACLE, block_length=3), block_length=4, **KW)
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"block_length": 4, "cache": "yes"}, TypeError, "cache must be None, True or False"),
+    ({"block_length": 4, "cache": True}, ValueError, "cache=True needs a block-causal denoiser"),
+    ({"cache": False}, ValueError, "need block_length"),
+])
+def test_bad_cache_arguments(kw, error, match):
+    with pytest.raises(error, match=match):
+        ps.PITSampler(ORACLE, **KW, **kw)

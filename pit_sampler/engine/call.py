@@ -2,7 +2,10 @@
 
 A denoiser is ``denoiser(x [R, L], t [R]) -> logits [R, L, V]``; with ``supports_positions = True``
 it may also be called as ``denoiser(x, t, positions=index)`` and return only the rows ``index``
-(flat ``r L + l``) asks for, ``[M, V]`` (the positions protocol, :mod:`pit_sampler.positions`).
+(flat ``r L + l``) asks for, ``[M, V]`` (the positions protocol, :mod:`pit_sampler.positions`). With ``takes_samples = True`` it is also
+given ``samples=`` (int64 ``[B]``): row ``u B + b`` of the call belongs to row ``samples[b]`` of the
+engine's input (the batch shrinks as samples finish; the block sampler's cached path needs to know
+whose prefix a row continues: :mod:`pit_sampler.block_cache`).
 
 :class:`DenoiserCall` gives every step rule packed float rows ``[M, V]``:
 
@@ -33,14 +36,17 @@ class DenoiserCall:
     def __init__(self, denoiser: Callable[..., Tensor], mask_id: int, vocab_size: int | None):
         self.denoiser, self.mask_id, self.vocab_size = denoiser, mask_id, vocab_size
         self.positions = bool(getattr(denoiser, "supports_positions", False))
+        self.takes_samples = bool(getattr(denoiser, "takes_samples", False))
 
-    def __call__(self, x: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
-        """Packed float rows ``[M, V]`` of the model at states ``x [R, L]``, times ``t [R]`` (module docstring)."""
+    def __call__(self, x: Tensor, t: Tensor, index: Tensor | None = None, samples: Tensor | None = None) -> Tensor:
+        """Packed float rows ``[M, V]`` of the model at states ``x [R, L]``, times ``t [R]``, the rows of
+        the engine input's rows ``samples`` (module docstring)."""
         x = x.clone()
+        kwargs = {"samples": samples} if self.takes_samples else {}
         if index is not None and self.positions:
-            logits = self.check(self.denoiser(x, t, positions=index), (index.shape[0],), x.device)
+            logits = self.check(self.denoiser(x, t, positions=index, **kwargs), (index.shape[0],), x.device)
         else:
-            logits = self.check(self.denoiser(x, t), tuple(x.shape), x.device)
+            logits = self.check(self.denoiser(x, t, **kwargs), tuple(x.shape), x.device)
             logits = logits.reshape(-1, logits.shape[-1])
             if index is not None:
                 logits = logits[index]

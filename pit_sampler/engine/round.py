@@ -41,9 +41,9 @@ class Round:
     def __init__(self, call: DenoiserCall, acceptance: Acceptance, tally: bool = False):
         self.call, self.acceptance, self.tally = call, acceptance, tally
 
-    def __call__(self, window: Tensor, pos: Tensor, iters: Tensor, err: Tensor, seeds: Tensor, rule, budget: int,
-                 carry: Tensor | None, *plan: Tensor):
-        """``window [W + 1, B, L]``, ``pos``, ``iters``, ``err``, ``seeds`` ``[B]``; ``rule``: the step
+    def __call__(self, window: Tensor, pos: Tensor, iters: Tensor, err: Tensor, seeds: Tensor, samples: Tensor, rule,
+                 budget: int, carry: Tensor | None, *plan: Tensor):
+        """``window [W + 1, B, L]``, ``pos``, ``iters``, ``err``, ``seeds``, ``samples`` ``[B]``; ``rule``: the step
         rule on this device; ``budget``: packed logits rows, when the rule reads packed rows; ``carry``:
         what the rule carries from the last exact slice (``None`` for most rules, and before the first
         round); ``plan``: :meth:`Plan.tensors`. Returns ``(window, pos, iters, err, residual, V, tally,
@@ -54,7 +54,8 @@ class Round:
         W, L = window.shape[0] - 1, window.shape[2]
         steps = plan.window_steps(pos, rule.span(W))
         live = steps[:W] >= 0
-        states, residual, invalid, V, carried = self.evaluate(window, pos, steps, seeds, rule, plan, budget, carry)
+        states, residual, invalid, V, carried = self.evaluate(window, pos, steps, seeds, rule, plan, budget, carry,
+                                                                   samples)
         iters = iters + live[0]
         accept = self.acceptance(residual, live, iters, L)
         accepted = torch.arange(W, device=window.device).unsqueeze(1) < accept.unsqueeze(0)
@@ -63,15 +64,16 @@ class Round:
         return (slide(window[0], states, accept, W), pos + accept, torch.where(accept > 0, 0, iters), err,
                 residual.sum(1, dtype=torch.int32), V, tally, carry_on(carry, carried, accept))
 
-    def evaluate(self, window, pos, steps, seeds, rule, plan: Plan, budget: int, carry: Tensor | None = None):
-        """The denoiser call on ``window[:W]`` and the rule's sweep over ``steps``' slices:
+    def evaluate(self, window, pos, steps, seeds, rule, plan: Plan, budget: int, carry: Tensor | None = None,
+                 samples: Tensor | None = None):
+        """The denoiser call on ``window[:W]`` (``samples``: whose rows they are) and the rule's sweep over ``steps``' slices:
         ``(states [n, B, L], residual [W, B], invalid [n, B], V, carried)``, ``carried`` the rule's
         per-slice carry candidates (``None`` for rules that carry nothing)."""
         W, B, L = window.shape[0] - 1, window.shape[1], window.shape[2]
         xs = window[:W].reshape(W * B, L)
         ts = rule.times[steps[:W].clamp(min=0)].reshape(W * B)
         index, rows = rule.request(window[0], plan, pos, steps.shape[0], W, budget)
-        logits = rule.prepare(self.call(xs, ts, index))
+        logits = rule.prepare(self.call(xs, ts, index, samples))
         states, residual, invalid, carried = rule.sweep(logits, rows, steps, window, seeds, plan, pos, carry)
         return states, residual, invalid, logits.shape[-1], carried
 

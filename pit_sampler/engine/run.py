@@ -189,13 +189,14 @@ class Engine:
         vocabulary size if the caller learned it (:meth:`probe`): no run then spends a probe row."""
         self.rounds_done = 0
         g = self.group_size(x.shape[0])
-        return concat([self.run(x[i : i + g], seeds[i : i + g], vocab) for i in range(0, x.shape[0], g)])
+        return concat([self.run(x[i : i + g], seeds[i : i + g], vocab, i) for i in range(0, x.shape[0], g)])
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self, x: Tensor, seeds: Tensor, vocab: int | None = None) -> SampleResult:
-        """One group of samples through the poll loop (module docstring)."""
+    def run(self, x: Tensor, seeds: Tensor, vocab: int | None = None, first: int = 0) -> SampleResult:
+        """One group of samples (the input's rows ``first, first + 1, ...``) through the poll loop
+        (module docstring)."""
         rule = self._rule_on(x.device)
-        run, batch, info = self._start(x, seeds, rule, vocab)
+        run, batch, info = self._start(x, seeds, rule, vocab, first)
         while True:
             raise_errors(info["err"], batch.slots)
             batch, info = self._compact(run, batch, info)
@@ -219,7 +220,7 @@ class Engine:
             run.bar.update(run.bar.total - max(info["remaining"]) - run.bar.n)
         return run.result(self.config.mask_id, self.acceptance.is_exact(self.max_window))
 
-    def _start(self, x: Tensor, seeds: Tensor, rule, vocab: int | None):
+    def _start(self, x: Tensor, seeds: Tensor, rule, vocab: int | None, first: int):
         """Check the ids (one read, with each sample's masked count and the largest prompt id), probe
         the vocabulary if needed (not when the caller knows it: ``vocab``), plan, first poll."""
         mask_id, B = self.config.mask_id, x.shape[0]
@@ -233,13 +234,24 @@ class Engine:
         plan = rule.plan(x, seeds, counts)
         spans = {rule.span(w) for w in powers_of_two(self.max_window)} if rule.packing == "draws" else set()
         bounds = {s: (plan.window_draws(s), self._reach(s, x.device)) for s in sorted(spans)}
-        batch = Batch.start(x, seeds, plan, bounds)
+        batch = Batch.start(x, seeds, plan, bounds, first)
         info = batch.read(mask_id)
         run.policy = self._policy(x) if self.auto else None
         if run.policy is not None:
             run.policy.start(window_cap(max(info["remaining"]), B, self.config.max_rows))
         run.bar = _progress(self.config.progress, max(info["remaining"]), type(self.rule).__name__)
         return run, batch, info
+
+    @contextlib.contextmanager
+    def using(self, denoiser):
+        """Rounds call ``denoiser`` instead of the engine's own inside the ``with`` block (the block
+        sampler's cached path calls the model through a view of its cache: :mod:`pit_sampler.block_cache`)."""
+        own = self.round.call
+        self.round.call = DenoiserCall(denoiser, own.mask_id, own.vocab_size)
+        try:
+            yield
+        finally:
+            self.round.call = own
 
     def probe(self, x: Tensor, top: int) -> int:
         """The vocabulary size from one all-mask row as long as ``x``'s rows (the first model call: its
@@ -258,8 +270,8 @@ class Engine:
         checked = inputs_checked() if run.rounds > 0 else contextlib.nullcontext()
         try:
             with checked:
-                out = self._round(batch.window, batch.pos, batch.iters, batch.err, batch.seeds, rule, budget,
-                                  batch.carry, *batch.plan.tensors())
+                out = self._round(batch.window, batch.pos, batch.iters, batch.err, batch.seeds, batch.samples, rule,
+                                  budget, batch.carry, *batch.plan.tensors())
         except torch._dynamo.exc.Unsupported as err:
             raise ValueError(f"compile={self.config.compile!r}: torch.compile(fullgraph=True) cannot trace a round "
                              f"with this denoiser (it must run without host reads such as .item() or "

@@ -46,7 +46,8 @@ class Batch:
     """The samples still running and their device state: ``slots`` (host list: each row's index in
     the caller's batch), ``window [W + 1, B, L]``, ``pos`` (planned steps done), ``iters`` (iterations
     on the current block), ``err`` (:func:`~pit_sampler.engine.accept.record_errors`), ``seeds``,
-    ``plan``, ``bounds`` (window span -> ``(draws, reach)``: :meth:`Plan.window_draws` and the slots a
+    ``samples`` (device int64 ``[B]``: each row's index in the engine's input, for denoisers that take
+    it: :mod:`pit_sampler.engine.call`), ``plan``, ``bounds`` (window span -> ``(draws, reach)``: :meth:`Plan.window_draws` and the slots a
     window may start at until the next poll, :func:`~pit_sampler.engine.plan.reach_bound`) and
     ``tallies`` (each round's :func:`acceptance_tally` since the last poll, with ``window="auto"``) and
     ``carry`` (what the step rule carries from each sample's last exact slice, or ``None``)."""
@@ -57,24 +58,26 @@ class Batch:
     iters: Tensor
     err: Tensor
     seeds: Tensor
+    samples: Tensor
     plan: Plan
     bounds: dict[int, tuple[Tensor, int | None]]
     tallies: list[Tensor] = field(default_factory=list)
     carry: Tensor | None = None
 
     @classmethod
-    def start(cls, x: Tensor, seeds: Tensor, plan: Plan, bounds: dict) -> "Batch":
-        """Every sample at its first step, its window holding ``x`` twice (``W = 1``)."""
+    def start(cls, x: Tensor, seeds: Tensor, plan: Plan, bounds: dict, first: int = 0) -> "Batch":
+        """Every sample at its first step, its window holding ``x`` twice (``W = 1``); ``x``'s rows are
+        the engine input's rows ``first, first + 1, ...``."""
         B, L = x.shape
         zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
         return cls(list(range(B)), x.unsqueeze(0).expand(2, B, L).clone(), zeros, zeros.clone(),
-                   torch.full_like(zeros, -1), seeds, plan, bounds)
+                   torch.full_like(zeros, -1), seeds, torch.arange(first, first + B, device=x.device), plan, bounds)
 
     def select(self, keep: list[int]) -> "Batch":
         """The samples ``keep`` (indices into this batch, in order)."""
         index = torch.tensor(keep, dtype=torch.int64, device=self.pos.device)
         return Batch([self.slots[i] for i in keep], self.window[:, index], self.pos[index], self.iters[index],
-                     self.err[index], self.seeds[index], self.plan.select(index),
+                     self.err[index], self.seeds[index], self.samples[index], self.plan.select(index),
                      {span: (b[index], reach) for span, (b, reach) in self.bounds.items()},
                      carry=None if self.carry is None else self.carry[index])
 
