@@ -127,9 +127,10 @@ class Adapter:
             )
         return value.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float32)
 
-    def __call__(self, x: Tensor, t: Tensor, positions: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, positions: Tensor | None = None, **context) -> Tensor:
         """Logits ``[N, L, V]``, or ``[M, V]`` at the flat indices ``positions [M]`` into ``x.view(-1)``
-        (bit for bit the rows of the full output, when the model computes them the same way)."""
+        (bit for bit the rows of the full output, when the model computes them the same way).
+        ``context``: further keyword arguments of a subclass's :meth:`_forward` (e.g. a cache)."""
         if not (isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point()):
             raise TypeError(f"x must be an integer tensor [N, L], got {getattr(x, 'dtype', type(x).__name__)}")
         if not (isinstance(t, Tensor) and t.shape == (x.shape[0],)):
@@ -138,7 +139,7 @@ class Adapter:
             check_positions(positions, x)
         asked = positions if self.model_positions else None  # what the model itself computes
         with torch.no_grad():
-            logits = self._check(self._forward(x, self._time(t), asked), x, asked)
+            logits = self._check(self._forward(x, self._time(t), asked, **context), x, asked)
         if positions is not None and asked is None:
             logits = take(logits, positions)
         if self.suppress_ids:

@@ -1,6 +1,12 @@
 """Text in, text out: :func:`generate` samples continuations and infills of text prompts with a masked
 diffusion language model (a Hugging Face masked LM through :class:`~pit_sampler.adapters.HFMaskedLM`,
-or any adapter) and either sampler.
+a block-causal one through :class:`~pit_sampler.block_causal.HFBlockCausalLM`, or any adapter) and
+either sampler.
+
+**Block-causal models** (``block_causal = True``: BD3-LM style, :mod:`pit_sampler.blocks`) are
+sampled block by block with the model's ``block_length``, through their prefix KV cache, and a
+row stops after the block in which it generates its end-of-text id (when there is one stop id:
+``eos_token_id``, else the tokenizer's EOS/SEP); the positions after it are filled with that id.
 
 The layout of one row (``L`` positions)::
 
@@ -44,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, HFMaskedLM
+from .block_causal import HFBlockCausalLM
 from .noise import sample_seeds
 from .samplers import PITSampler, SampleResult, TauLeapingSampler
 from .truncation import check_truncation
@@ -254,6 +261,9 @@ def generate(model, tokenizer=None, prompts="", *, max_new_tokens: int | None = 
                                       add_special_tokens)
     top_k, top_p = check_truncation(top_k, top_p)
     temperature = check_temperature(temperature)
+    stops = _stop_ids(eos_token_id, tokenizer)
+    if getattr(den, "block_causal", False) and len(stops) == 1 and isinstance(sampler, str):
+        sampler_kwargs = {"eos_id": next(iter(stops)), **sampler_kwargs}  # rows stop after their EOS block
     run = _sampler(den, sampler, num_steps, window, temperature, top_k, top_p, sampler_kwargs)
     prefix, cores, layouts, max_new_tokens = _layouts(den, tokenizer, prompts, max_new_tokens, add_special_tokens,
                                                       num_return_sequences)
@@ -261,7 +271,7 @@ def generate(model, tokenizer=None, prompts="", *, max_new_tokens: int | None = 
     pad_id = getattr(den, "pad_id", None)
     sequences, generated, results = _sample_rows(run, den, layouts, seeds, pad_id if padding is not False else None,
                                                  pad_id, mask_id)
-    ids, continuations = _trim(sequences, len(prefix), cores, max_new_tokens, _stop_ids(eos_token_id, tokenizer))
+    ids, continuations = _trim(sequences, len(prefix), cores, max_new_tokens, stops)
     texts = completions = None
     if tokenizer is not None:
         texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
@@ -271,9 +281,13 @@ def generate(model, tokenizer=None, prompts="", *, max_new_tokens: int | None = 
 
 def _denoiser(model, tokenizer):
     """``(denoiser, tokenizer)``: an adapter as given, a Hugging Face module wrapped in
-    :class:`~pit_sampler.adapters.HFMaskedLM`; the tokenizer defaults to the adapter's."""
+    :class:`~pit_sampler.block_causal.HFBlockCausalLM` when its config has a ``block_length`` (a
+    block-causal model), else in :class:`~pit_sampler.adapters.HFMaskedLM`; the tokenizer defaults
+    to the adapter's."""
     if isinstance(model, Adapter) or callable(getattr(model, "sampler_kwargs", None)):
         den = model
+    elif isinstance(model, nn.Module) and is_int(getattr(getattr(model, "config", None), "block_length", None)):
+        den = HFBlockCausalLM(model, block_length=model.config.block_length, tokenizer=tokenizer)
     elif isinstance(model, nn.Module):
         den = HFMaskedLM(model, tokenizer=tokenizer)
     else:

@@ -1,0 +1,389 @@
+"""Block-causal language models (BD3-LM, SDAR, Fast-dLLM v2) with an exact prefix KV cache.
+
+The sequence is cut into blocks of ``bl`` positions from position 0 (the last may be shorter), and
+attention is **block-causal**: query ``i`` may attend key ``j`` iff ``j // bl <= i // bl``
+(:func:`block_causal_mask`). Logits are not shifted (position ``l``'s logits predict token ``l``,
+from the hidden state at ``l``) and the model is time-agnostic.
+
+:class:`HFBlockCausalLM` wraps a Hugging Face ``*ForCausalLM`` of the Llama/Qwen2 family and offers
+the cache protocol of docs/blocks.md ("Proposal: the cache protocol"):
+
+* ``den(x, t, positions=None)``: ``x [R, e]`` at positions ``0..e-1``, a block-causal 4D mask;
+* ``den.encode(x, start, cache=None) -> BlockCache``: the keys/values of the clean tokens ``x [B, n]``
+  at positions ``start..start+n-1`` appended to ``cache``;
+* ``den.select(cache, index) -> BlockCache``: the cache of the samples ``index``;
+* ``den(x, t, positions=None, *, cache, samples, start)``: ``x [W B', n]`` holds only the block at
+  ``start..start+n-1``, row ``u B' + b`` is Picard slice ``u`` of cache sample ``samples[b]``; the W
+  slices are folded into the query axis (one query sequence of ``W n`` tokens per sample, a mask
+  that is block-diagonal over the slices), so the prefix is read once per sample, never copied per
+  slice. The call never changes ``cache``.
+
+Transformers computes attention; the adapter only builds 4D masks, position ids and caches. A 4D
+``attention_mask`` is used as given (``masking_utils._preprocess_mask_arguments`` returns it as-is):
+boolean (``True`` = attend) for ``sdpa``, additive (``0`` / ``finfo(dtype).min``) for ``eager``; other
+attention implementations (flash attention, flex) take no arbitrary mask and are refused, as are
+sliding-window layers (a window drops prefix keys, so "the prefix is encoded once" breaks).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import Adapter
+from .positions import HEAD_BLOCK, rowwise
+from .schedules import Schedule
+from .validation import check_token_batch, is_int, reads_allowed
+
+#: attention implementations that take an arbitrary 4D mask (boolean for sdpa, additive for eager)
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+def block_causal_mask(length: int, block_length: int, device: str | torch.device | None = None) -> Tensor:
+    """The block-causal attention mask: bool ``[length, length]``, ``True`` where query ``i`` may attend
+    key ``j``, i.e. ``j // block_length <= i // block_length`` (bidirectional inside a block, causal
+    across blocks; blocks from position 0, the last may be shorter). ``block_length = 1`` is the causal
+    mask, ``block_length >= length`` the full one. Rows ``s..e-1`` of ``block_causal_mask(e, bl)`` are
+    the mask of queries ``s..e-1`` against keys ``0..e-1`` (what :meth:`HFBlockCausalLM.encode` uses)."""
+    if not is_int(length) or not is_int(block_length):
+        raise TypeError(f"length and block_length must be ints, got {length!r} and {block_length!r}")
+    if length < 0 or block_length < 1:
+        raise ValueError(f"need length >= 0 and block_length >= 1, got length={length}, block_length={block_length}")
+    block = torch.arange(length, device=device) // block_length
+    return block[None, :] <= block[:, None]
+
+
+@dataclass(frozen=True)
+class BlockCache:
+    """The keys and values of a clean prefix, positions ``0..length-1`` of ``batch`` samples: per
+    attention layer ``keys[k]``, ``values[k]`` of shape ``[batch, kv_heads, length, head_dim]``.
+    Made by :meth:`HFBlockCausalLM.encode` and :meth:`HFBlockCausalLM.select`; never changed in place
+    (a new cache is a new object; tensors may be shared between caches)."""
+
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+    batch: int
+    length: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+
+@functools.cache
+def _prefix_layer_class():
+    """A transformers ``DynamicLayer`` over a given prefix: ``update(k, v)`` returns
+    ``cat(prefix[samples], k)`` (and the same for ``v``) along the sequence axis, and stores the result
+    only when ``grow`` (encode). The prefix's samples are gathered inside ``update``, so a call holds
+    one layer's selected prefix at a time; the given tensors are never written."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        def __init__(self, keys: Tensor, values: Tensor, samples: Tensor | None, grow: bool):
+            super().__init__()
+            self.keys, self.values, self.samples, self.grow = keys, values, samples, grow
+            self.device, self.is_initialized = keys.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = self.keys, self.values
+            if self.samples is not None:
+                keys, values = keys.index_select(0, self.samples), values.index_select(0, self.samples)
+            keys, values = torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+            if self.grow:
+                self.keys, self.values = keys, values
+            return keys, values
+
+    return PrefixLayer
+
+
+def _model_cache(cache: BlockCache | None, samples: Tensor | None, grow: bool):
+    """A transformers ``DynamicCache`` to feed the model: empty (``cache is None``), else one
+    :func:`_prefix_layer_class` layer per attention layer over ``cache``'s tensors."""
+    from transformers.cache_utils import DynamicCache
+
+    out = DynamicCache()
+    if cache is not None:
+        layer = _prefix_layer_class()
+        out.layers = [layer(k, v, samples, grow) for k, v in zip(cache.keys, cache.values)]
+    return out
+
+
+def _check_config(model: nn.Module) -> None:
+    """The model must take arbitrary 4D masks, have no sliding-window layer and nothing after its head."""
+    config, name = getattr(model, "config", None), type(model).__name__
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in MASKED_ATTENTION:
+        raise ValueError(
+            f"HFBlockCausalLM: {name} runs attn_implementation={impl!r}, which takes no arbitrary 4D attention "
+            f"mask; load the model with attn_implementation='sdpa' or 'eager'"
+        )
+    types = getattr(config, "layer_types", None) or ()
+    windowed = getattr(config, "use_sliding_window", None)
+    if (any(t != "full_attention" for t in types) or windowed is True
+            or (windowed is None and getattr(config, "sliding_window", None) is not None)):
+        raise ValueError(
+            f"HFBlockCausalLM: {name} has sliding-window layers (layer_types={list(types)}, use_sliding_window="
+            f"{windowed}, sliding_window={getattr(config, 'sliding_window', None)}): a window drops prefix keys, "
+            "so the prefix cannot be encoded once; only full-attention layers are supported"
+        )
+    for key, neutral in (("final_logit_softcapping", None), ("logit_scale", 1), ("logits_scaling", 1)):
+        if getattr(config, key, neutral) not in (neutral, None):
+            raise ValueError(f"HFBlockCausalLM: {name} has config.{key}={getattr(config, key)!r} (the adapter "
+                             "applies the output head itself and nothing after it)")
+
+
+class HFBlockCausalLM(Adapter):
+    """A block-causal Hugging Face ``*ForCausalLM`` (Llama/Qwen2 family) with an exact prefix KV cache.
+
+    ``model``: its base model (``model.get_decoder()``, else ``model.model``) takes ``input_ids``, a 4D
+    ``attention_mask``, ``position_ids``, a transformers cache (``cache=``, or ``past_key_values=`` in
+    older transformers) and ``use_cache``, and returns the final hidden states; its output head
+    (``model.get_output_embeddings()``, an ``nn.Linear``) is applied by the adapter to the rows needed
+    only, ``head_block`` rows per call (:func:`~pit_sampler.positions.rowwise`: positions output equal to
+    the full output bit for bit). Put the model in eval mode, with ``attn_implementation`` ``"sdpa"``
+    or ``"eager"`` and full attention in every layer (else ``ValueError``).
+
+    ``block_length``: the block length the model was trained with. ``mask_id``: given, else the
+    tokenizer's ``mask_token_id``, else ``model.config.mask_token_id`` (given ones must agree).
+    ``vocab_size``: the head's width by default. ``tokenizer``: ids it does not have (a padded
+    vocabulary) are suppressed (``-inf``), as are ``suppress_ids``. Special tokens are not suppressed
+    (a causal LM generates its own end of text). The mask column is left as the model gives it (the
+    samplers never draw ``mask_id``), as :class:`~pit_sampler.adapters.HFMaskedLM` does. Time is
+    ignored. float64 logits come back as float32 (:class:`~pit_sampler.adapters.Adapter`).
+    """
+
+    block_causal = True
+
+    def __init__(self, model: nn.Module, *, block_length: int, mask_id: int | None = None, tokenizer=None,
+                 vocab_size: int | None = None, suppress_ids: Iterable[int] = (),
+                 schedule: str | Schedule = "loglinear", head_block: int = HEAD_BLOCK):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a Hugging Face *ForCausalLM (an nn.Module), got {type(model).__name__}")
+        if not is_int(block_length):
+            raise TypeError(f"block_length must be an int, got {type(block_length).__name__} {block_length!r}")
+        if block_length < 1:
+            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        if not (is_int(head_block) and head_block >= 1):
+            raise ValueError(f"head_block must be an int >= 1, got {head_block!r}")
+        _check_config(model)
+        get_head, get_decoder = getattr(model, "get_output_embeddings", None), getattr(model, "get_decoder", None)
+        head = get_head() if callable(get_head) else None
+        decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
+        if not isinstance(head, nn.Linear) or not isinstance(decoder, nn.Module) or decoder is model:
+            raise TypeError(f"model ({type(model).__name__}) must have a base model (get_decoder()) and an nn.Linear "
+                            f"output head (get_output_embeddings()), got {type(decoder).__name__} and "
+                            f"{type(head).__name__}")
+        vocab_size = head.out_features if vocab_size is None else vocab_size
+        if not (is_int(vocab_size) and vocab_size >= 1):
+            raise ValueError(f"vocab_size must be an int >= 1 (the head's width by default), got {vocab_size!r}")
+        mask_id = _resolve_mask_id(mask_id, tokenizer, getattr(model, "config", None))
+        padded = []
+        if tokenizer is not None:
+            if len(tokenizer) > vocab_size:
+                raise ValueError(f"HFBlockCausalLM: vocab mismatch: the tokenizer has {len(tokenizer)} tokens, but the "
+                                 f"model has vocab_size={vocab_size} logits per position")
+            padded = [i for i in range(len(tokenizer), vocab_size) if i != mask_id]
+        suppress = list(dict.fromkeys([*suppress_ids, *padded]))
+        super().__init__(mask_id=mask_id, vocab_size=vocab_size, time_input="none", schedule=schedule,
+                         suppress_ids=suppress, model_positions=True)
+        params = inspect.signature(decoder.forward).parameters
+        self.model, self.decoder, self.head, self.tokenizer = model, decoder, head, tokenizer
+        self.block_length, self.head_block = int(block_length), head_block
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, block_length: int | None = None, dtype: torch.dtype | None = None,
+                        attn_implementation: str = "sdpa", local_files_only: bool = False,
+                        trust_remote_code: bool = False, model_class=None, tokenizer="auto",
+                        **kwargs) -> HFBlockCausalLM:
+        """Load ``AutoModelForCausalLM`` (or ``model_class``) in eval mode (in ``dtype`` if given, with
+        ``attn_implementation``) and, with ``tokenizer="auto"``, ``AutoTokenizer`` from ``path``; wrap them
+        (``kwargs`` go to the constructor). ``block_length`` defaults to ``model.config.block_length``."""
+        import transformers
+
+        load = dict(local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+        if isinstance(tokenizer, str) and tokenizer == "auto":
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, **load)
+        model_class = model_class or transformers.AutoModelForCausalLM
+        extra = {} if dtype is None else {"dtype": dtype}
+        model = model_class.from_pretrained(path, attn_implementation=attn_implementation, **load, **extra)
+        if block_length is None:
+            block_length = getattr(model.config, "block_length", None)
+            if block_length is None:
+                raise ValueError(f"block_length is needed: {path}'s config has no block_length (pass block_length=...)")
+        return cls(model.eval(), block_length=block_length, tokenizer=tokenizer, **kwargs)
+
+    # ---------------------------------------------------------------- calls
+
+    def __call__(self, x: Tensor, t: Tensor, positions: Tensor | None = None, *, cache: BlockCache | None = None,
+                 samples: Tensor | None = None, start: int | None = None) -> Tensor:
+        """Uncached (``cache is None``): ``x [R, e]`` at positions ``0..e-1``, logits ``[R, e, V]`` or, at the
+        flat indices ``positions [M]`` into ``x.view(-1)``, ``[M, V]``. Cached: ``x [W B', n]`` holds the block
+        at ``start..start+n-1`` (``start = cache.length``, a multiple of ``block_length``, ``n <= block_length``),
+        row ``u B' + b`` of cache sample ``samples[b]``; equal (to float rounding) to the uncached call on
+        ``cat(prefix, x)`` at the block's positions. The cache is not changed."""
+        if cache is None:
+            if samples is not None or start is not None:
+                raise ValueError("samples and start are the arguments of a cached call: pass cache=... as well")
+            return super().__call__(x, t, positions)
+        cache, samples, start = self._check_cached(x, cache, samples, start)
+        return super().__call__(x, t, positions, cache=cache, samples=samples, start=start)
+
+    def _forward(self, x: Tensor, time, positions: Tensor | None, cache: BlockCache | None = None,
+                 samples: Tensor | None = None, start: int | None = None) -> Tensor:
+        """The model's logits in its own dtype (no checks, no suppression); see :meth:`__call__`.
+
+        Uncached: mask ``[R, 1, e, e]`` = :func:`block_causal_mask`, position ids ``0..e-1``. Cached:
+        :meth:`_folded` gives the hidden states in ``x``'s row order. Then the head on the rows needed."""
+        if cache is None:
+            R, e = x.shape
+            mask = block_causal_mask(e, self.block_length, x.device).expand(R, 1, e, e)
+            h = self._hidden(x, mask, torch.arange(e, device=x.device).expand(R, e), None)
+        else:
+            h = self._folded(x, cache, samples, start)
+        rows = h.reshape(-1, h.shape[-1])
+        if positions is not None:
+            return rowwise(self.head.forward, rows[positions], self.head_block)
+        return rowwise(self.head.forward, rows, self.head_block).view(*x.shape, -1)
+
+    def _folded(self, x: Tensor, cache: BlockCache, samples: Tensor, start: int) -> Tensor:
+        """Hidden states ``[R, n, H]`` of the cached call, the ``W`` slices folded into the query axis.
+
+        Per sample ``b`` (``B'`` of them, ``W = R / B'``, ``P = cache.length``): ``input_ids [B', W n]`` =
+        ``x.view(W, B', n).transpose(0, 1).reshape(B', W n)``; ``position_ids[i] = start + i mod n``;
+        mask ``[B', 1, W n, P + W n]``: query ``i`` attends every cached column ``j < P``, and block column
+        ``j >= P`` iff ``(j - P) // n == i // n`` (same slice; bidirectional inside it, since the block
+        is one block). The cache of ``samples`` is gathered per layer inside the call and not stored."""
+        R, n = x.shape
+        Bp = samples.shape[0]
+        W, P = R // Bp, cache.length
+        ids = x.view(W, Bp, n).transpose(0, 1).reshape(Bp, W * n)
+        i = torch.arange(W * n, device=x.device)
+        same = (i // n)[:, None] == (i // n)[None, :]
+        mask = torch.cat([same.new_ones(W * n, P), same], dim=1).expand(Bp, 1, W * n, P + W * n)
+        h = self._hidden(ids, mask, (start + i % n).expand(Bp, W * n), _model_cache(cache, samples, grow=False))
+        return h.view(Bp, W, n, -1).transpose(0, 1).reshape(R, n, -1)
+
+    def _hidden(self, ids: Tensor, mask: Tensor, position_ids: Tensor, model_cache) -> Tensor:
+        """The base model's final hidden states for ``ids`` under the boolean 4D ``mask`` (``True`` =
+        attend; made additive, ``0`` / ``finfo(dtype).min``, for eager attention), ``position_ids`` (used for
+        RoPE) and the transformers cache ``model_cache`` (``None``: no cache)."""
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        if impl not in MASKED_ATTENTION:
+            _check_config(self.model)  # changed since construction: raises
+        if impl == "eager":
+            dtype = getattr(self.model, "dtype", self.head.weight.dtype)  # the attention scores' dtype
+            low = torch.full(mask[:1].shape, torch.finfo(dtype).min, dtype=dtype, device=mask.device)
+            mask = low.masked_fill(mask[:1], 0.0).expand(mask.shape)  # every call's mask is the same per row
+        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                           use_cache=model_cache is not None, **{self._cache_arg: model_cache})
+        return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    # ---------------------------------------------------------------- the cache
+
+    def encode(self, x: Tensor, start: int, cache: BlockCache | None = None) -> BlockCache:
+        """The cache of positions ``0..start+n-1``: ``cache`` (positions ``0..start-1``; ``None`` iff
+        ``start = 0``) grown by the clean tokens ``x [B, n]`` at positions ``start..start+n-1`` (``start``
+        a multiple of ``block_length``; ``n`` may span several blocks, the last partial).
+
+        Mask ``[B, 1, n, start + n]`` = rows ``start..`` of ``block_causal_mask(start + n, bl)``: each block
+        of ``x`` attends the whole cache, the earlier blocks of ``x`` and itself (bidirectionally).
+        Position ids ``start..start+n-1``. ``cache`` is not changed (a new :class:`BlockCache`)."""
+        check_token_batch("x", x)
+        B, n = x.shape
+        if not is_int(start):
+            raise TypeError(f"start must be an int, got {type(start).__name__} {start!r}")
+        if start < 0 or start % self.block_length:
+            raise ValueError(f"start must be a multiple of block_length={self.block_length} (>= 0), got {start}")
+        if cache is None and start != 0:
+            raise ValueError(f"start={start} needs the cache of positions 0..{start - 1}; cache is None")
+        if cache is not None:
+            self._check_cache(cache, start, x.device)
+            if cache.batch != B:
+                raise ValueError(f"x has {B} rows, but the cache holds {cache.batch} samples (select them first)")
+        e = start + n
+        mask = block_causal_mask(e, self.block_length, x.device)[start:].expand(B, 1, n, e)
+        model_cache = _model_cache(cache, None, grow=True)
+        with torch.no_grad():
+            self._hidden(x, mask, torch.arange(start, e, device=x.device).expand(B, n), model_cache)
+        layers = model_cache.layers
+        return BlockCache(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers), B, e)
+
+    def select(self, cache: BlockCache, index: Tensor) -> BlockCache:
+        """The cache of the samples ``index`` (LongTensor ``[B']`` into ``cache``'s batch, in that order;
+        e.g. the samples still running after an EOS). ``cache`` is not changed."""
+        if not isinstance(cache, BlockCache):
+            raise TypeError(f"cache must be a BlockCache (from encode or select), got {type(cache).__name__}")
+        self._check_index("index", index, cache)
+        keys = tuple(k.index_select(0, index) for k in cache.keys)
+        return BlockCache(keys, tuple(v.index_select(0, index) for v in cache.values), index.shape[0], cache.length)
+
+    # ---------------------------------------------------------------- checks
+
+    def _check_cache(self, cache, start, device) -> None:
+        """``cache`` is a :class:`BlockCache` on ``device`` covering exactly the positions before ``start``."""
+        if not isinstance(cache, BlockCache):
+            raise TypeError(f"cache must be a BlockCache (from encode or select), got {type(cache).__name__}")
+        if start != cache.length:
+            raise ValueError(f"start={start}, but the cache covers positions 0..{cache.length - 1}: start must be "
+                             f"its length {cache.length}")
+        if cache.device != device:
+            raise ValueError(f"the cache is on {cache.device}, but x is on {device}")
+
+    def _check_index(self, name: str, index, cache: BlockCache) -> None:
+        """``index`` is a 1-D LongTensor on the cache's device with values in ``[0, cache.batch)``
+        (values read in eager mode only, :func:`~pit_sampler.validation.reads_allowed`)."""
+        if not (isinstance(index, Tensor) and index.dtype == torch.int64):
+            what = index.dtype if isinstance(index, Tensor) else type(index).__name__
+            raise TypeError(f"{name} must be a LongTensor [B'] of sample indices into the cache, got {what}")
+        if index.dim() != 1:
+            raise ValueError(f"{name} must be 1-D [B'], got shape {tuple(index.shape)}")
+        if index.device != cache.device:
+            raise ValueError(f"{name} is on {index.device}, but the cache is on {cache.device}")
+        if index.numel() and reads_allowed():
+            low, high = torch.stack([index.min(), index.max()]).tolist()
+            if low < 0 or high >= cache.batch:
+                raise ValueError(f"{name} holds {low}..{high}, outside the cache's samples [0, {cache.batch})")
+
+    def _check_cached(self, x, cache, samples, start) -> tuple:
+        """The arguments of a cached call (see :meth:`__call__`), returned as ``(cache, samples, start)``."""
+        check_token_batch("x", x)
+        if not is_int(start):
+            raise TypeError(f"start must be an int, got {type(start).__name__} {start!r}")
+        if start % self.block_length:
+            raise ValueError(f"start must be a multiple of block_length={self.block_length}, got {start}")
+        self._check_cache(cache, start, x.device)
+        if x.shape[1] > self.block_length:
+            raise ValueError(f"x holds {x.shape[1]} positions, more than block_length={self.block_length}: a cached "
+                             "call takes the current block only")
+        if samples is None:
+            raise TypeError("samples is needed with cache: a LongTensor [B'] of the rows' cache samples")
+        self._check_index("samples", samples, cache)
+        if samples.numel() == 0 or x.shape[0] % samples.numel():
+            raise ValueError(f"x has {x.shape[0]} rows, not a multiple W * B' of the {samples.numel()} samples")
+        return cache, samples, int(start)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", block_length={self.block_length})"
+
+
+def _resolve_mask_id(mask_id, tokenizer, config) -> int:
+    """``mask_id``, else the tokenizer's ``mask_token_id``, else ``config.mask_token_id``; given ones must agree."""
+    if tokenizer is not None and not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+        raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    found = {"the tokenizer's mask_token_id": getattr(tokenizer, "mask_token_id", None),
+             "model.config.mask_token_id": getattr(config, "mask_token_id", None)}
+    found = {k: v for k, v in found.items() if is_int(v)}
+    if mask_id is None:
+        if not found:
+            raise ValueError("mask_id is needed: the tokenizer has no mask token and model.config no mask_token_id")
+        mask_id = next(iter(found.values()))
+    for where, value in found.items():
+        if value != mask_id:
+            raise ValueError(f"mask_id={mask_id}, but {where}={value}")
+    return mask_id
