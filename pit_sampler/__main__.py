@@ -2,7 +2,8 @@
 
 ``--model digits`` (default) / ``digits-time``: the shipped masked-diffusion transformer trained on
 the scikit-learn digits; ``--model mixture|hmm|independent``: an exact oracle; ``--model text``: the
-shipped masked-diffusion LM on Debian's fortunes (docs/text-model.md). Both samplers run
+shipped masked-diffusion LM on Debian's fortunes (docs/text-model.md); ``--model text-blocks``: the
+shipped block-causal model on the same corpus, with and without its KV cache (docs/blocks.md). Both samplers run
 from the same seed; the demo prints rounds, nfe, wall time, whether the tokens are identical, and
 quality metrics.
 
@@ -20,6 +21,7 @@ import sys
 
 from .models.demo import (DIGIT_MODELS, ORACLE_MODELS, TEXT_MODELS, demo_digits, demo_oracle, demo_parallel,
                           demo_text, demo_text_prompt)
+from .models.demo_blocks import demo_text_blocks
 
 
 def _int_option(low: int, auto: bool = False):
@@ -75,10 +77,14 @@ def _add_sample(sub) -> None:
 
 
 def _sample(parser, args) -> dict:
-    """Run ``sample``: load the folder (local files only), generate, print the texts."""
+    """Run ``sample``: load the folder (local files only: a block-causal ``*ForCausalLM`` when its
+    config has a ``block_length``, else a masked LM), generate, print the texts."""
+    import json
+
     import torch
 
     from .adapters import HFMaskedLM
+    from .block_causal import HFBlockCausalLM
     from .generate import generate, has_gap
 
     if not os.path.isdir(args.model):
@@ -87,10 +93,13 @@ def _sample(parser, args) -> dict:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    config = os.path.join(args.model, "config.json")
+    blocks = os.path.isfile(config) and "block_length" in json.loads(open(config).read())
+    adapter, kind = (HFBlockCausalLM, "block-causal LM") if blocks else (HFMaskedLM, "masked LM")
     try:
-        den = HFMaskedLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype), local_files_only=True)
+        den = adapter.from_pretrained(args.model, dtype=getattr(torch, args.dtype), local_files_only=True)
     except (OSError, ValueError) as error:
-        parser.error(f"--model {args.model}: cannot load a masked LM and its tokenizer: {error}")
+        parser.error(f"--model {args.model}: cannot load a {kind} and its tokenizer: {error}")
     prompts = args.prompt or [""]
     max_new = args.max_new_tokens
     if max_new is None:
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
                       help="--model text: continue this text (and fill its <gap:n> gaps) instead of the table")
     demo.add_argument("--max-new-tokens", type=_tokens, default=None,
                       help="--model text --prompt: tokens to add (default 32)")
+    demo.add_argument("--block-length", type=int, default=None, choices=(16, 32),
+                      help="--model text-blocks: the block length (default 16; the model was trained at 16 and 32)")
     demo.add_argument("--parallel", choices=("batch", "window"), default=None,
                       help="sample across the ranks of torchrun (pit_sampler.distributed)")
     args = parser.parse_args(argv)
@@ -136,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--{flag} must be >= 1, got {value}")
     if args.model not in TEXT_MODELS and (args.prompt is not None or args.max_new_tokens is not None):
         parser.error(f"--prompt and --max-new-tokens need --model text (not --model {args.model})")
+    if args.block_length is not None and args.model != "text-blocks":
+        parser.error(f"--block-length needs --model text-blocks (not --model {args.model})")
+    block_length = args.block_length or 16
     if args.prompt is None and args.max_new_tokens is not None:
         parser.error("--max-new-tokens goes with --prompt (the tokens added after it)")
     progress = not args.no_progress
@@ -157,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prompt is not None:
         with _usage_errors(parser):
             return demo_text_prompt(args.prompt, 32 if args.max_new_tokens is None else args.max_new_tokens,
-                                    args.steps, args.window, args.seed)
+                                    args.steps, args.window, args.seed, args.model, block_length)
+    if args.model == "text-blocks":
+        return demo_text_blocks(args.batch or 2, args.steps, args.window, args.seed, progress, block_length)
     if args.model in TEXT_MODELS:
         return demo_text(args.batch or 2, args.steps, args.window, args.seed, progress)
     return demo_oracle(args.model, args.batch or 256, args.steps, args.window, args.seed, progress)

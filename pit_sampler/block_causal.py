@@ -151,8 +151,8 @@ class HFBlockCausalLM(Adapter):
     ``block_length``: the block length the model was trained with. ``mask_id``: given, else the
     tokenizer's ``mask_token_id``, else ``model.config.mask_token_id`` (given ones must agree).
     ``vocab_size``: the head's width by default. ``tokenizer``: ids it does not have (a padded
-    vocabulary) are suppressed (``-inf``), as are ``suppress_ids``. Special tokens are not suppressed
-    (a causal LM generates its own end of text). The mask column is left as the model gives it (the
+    vocabulary) and its pad token (unless it is the EOS token) are suppressed (``-inf``), as are
+    ``suppress_ids``. Other special tokens are not (a causal LM generates its own end of text). The mask column is left as the model gives it (the
     samplers never draw ``mask_id``), as :class:`~pit_sampler.adapters.HFMaskedLM` does. Time is
     ignored. float64 logits come back as float32 (:class:`~pit_sampler.adapters.Adapter`).
     """
@@ -188,6 +188,9 @@ class HFBlockCausalLM(Adapter):
                 raise ValueError(f"HFBlockCausalLM: vocab mismatch: the tokenizer has {len(tokenizer)} tokens, but the "
                                  f"model has vocab_size={vocab_size} logits per position")
             padded = [i for i in range(len(tokenizer), vocab_size) if i != mask_id]
+            pad, eos = getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)
+            if is_int(pad) and pad not in (mask_id, eos):
+                padded.append(pad)  # padding is not text
         suppress = list(dict.fromkeys([*suppress_ids, *padded]))
         super().__init__(mask_id=mask_id, vocab_size=vocab_size, time_input="none", schedule=schedule,
                          suppress_ids=suppress, model_positions=True)

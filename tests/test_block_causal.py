@@ -346,10 +346,10 @@ def test_settings_suppression_and_tokenizer():
     den = HFBlockCausalLM(model, block_length=4, tokenizer=tok, suppress_ids=[5])
     assert den.mask_id == 2 and den.vocab_size == V and den.block_causal and den.supports_positions
     assert den.sampler_kwargs()["mask_id"] == 2 and den.sampler_kwargs()["vocab_size"] == V
-    assert den.suppress_ids == (5, *range(30, V))
+    assert den.suppress_ids == (5, *range(30, V), 0)  # and the pad token <pad> = 0 (not the EOS)
     x = torch.randint(0, 30, (2, 8))
     out = den(x, torch.ones(2))
-    assert torch.isinf(out[..., list(den.suppress_ids)]).all() and torch.isfinite(out[..., :5]).all()
+    assert torch.isinf(out[..., list(den.suppress_ids)]).all() and torch.isfinite(out[..., 1:5]).all()
     cache = den.encode(x[:, :4], 0)
     cached = den(x[:, 4:], torch.ones(2), cache=cache, samples=torch.arange(2), start=4)
     assert torch.isinf(cached[..., 30:]).all() and torch.isfinite(cached[..., 6:30]).all()

@@ -16,6 +16,8 @@ two samplers produced identical tokens.
   :class:`~pit_sampler.adapters.HFMaskedLM`, :mod:`pit_sampler.models.text`); also runs PIT in its
   approximate forms (``tol > 0``, ``mode="fixed"``), prints decoded samples, and scores every set of
   samples and the held-out text with the evaluator's generative perplexity and the unigram entropy.
+* ``text-blocks``: the shipped block-causal model (BD3-LM) on the same corpus, block by block, with
+  and without its prefix KV cache (:mod:`pit_sampler.models.demo_blocks`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..samplers import PITSampler, TauLeapingSampler
 
 DIGIT_MODELS = ("digits", "digits-time")
 ORACLE_MODELS = ("mixture", "hmm", "independent")
-TEXT_MODELS = ("text",)
+TEXT_MODELS = ("text", "text-blocks")
 
 
 def _run_pair(denoiser, x_init, *, mask_id, vocab_size, steps, window, seed, progress, repeats: int = 2) -> dict:
@@ -272,21 +274,26 @@ def demo_text(batch: int, steps: int, window: int | str, seed: int, progress: bo
             "ratio": seq.rounds / pit.rounds, "heldout_nelbo": nelbo}
 
 
-def demo_text_prompt(prompt: str, max_new_tokens: int, steps: int, window: int | str, seed: int) -> dict:
+def demo_text_prompt(prompt: str, max_new_tokens: int, steps: int, window: int | str, seed: int,
+                     model: str = "text", block_length: int = 16) -> dict:
     """``demo --model text --prompt TEXT``: continue ``TEXT`` by ``max_new_tokens`` tokens and fill its
-    gaps (``<gap:n>``: ``n`` tokens) with the shipped text model, text in and text out
+    gaps (``<gap:n>``: ``n`` tokens) with the shipped text model (``model="text-blocks"``: the
+    block-causal one, blocks of ``block_length``, with its cache), text in and text out
     (:func:`pit_sampler.generate.generate`), with the sequential sampler and with PIT from the same
     seed; prints both texts, the rounds, and whether the tokens are identical."""
     from ..generate import generate
-    from . import text
+    from . import text, text_blocks
 
     tok = text.load_tokenizer()
-    den = text.text_denoiser(text.load_text_model(), tok)
+    if model == "text-blocks":
+        den = text_blocks.block_denoiser(text_blocks.load_block_model(), tok, block_length)
+    else:
+        den = text.text_denoiser(text.load_text_model(), tok)
     outs = {name: generate(den, tok, prompt, max_new_tokens=max_new_tokens, num_steps=steps, sampler=name,
                            seed=seed, **({"window": window} if name == "pit" else {}))
             for name in ("sequential", "pit")}
     identical = torch.equal(outs["sequential"].sequences, outs["pit"].sequences)
-    print(f"model: text (shipped), prompt {prompt!r}, {max_new_tokens} new tokens, {steps} steps, seed {seed}")
+    print(f"model: {model} (shipped), prompt {prompt!r}, {max_new_tokens} new tokens, {steps} steps, seed {seed}")
     for name, out in outs.items():
         print(f"{name} ({out.rounds} rounds): {out.texts[0]}")
     print(f"identical: {'yes' if identical else 'NO'}")

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import text
+from . import text, text_blocks
 
 _SIZE = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4)
 MLM_CONFIGS = {
@@ -69,7 +69,7 @@ def _optimise(model, loss_fn, *, steps, lr, warmup, ema_decay, log_every, name, 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     params = dict(model.named_parameters())  # a tied weight appears once (not via state_dict's two keys)
     ema = {k: p.detach().clone() for k, p in params.items()}
-    start, recent, done = time.time(), [], 0
+    start, cpu_start, recent, done = time.time(), time.process_time(), [], 0
     for s in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(s, steps, lr, warmup)
@@ -94,6 +94,7 @@ def _optimise(model, loss_fn, *, steps, lr, warmup, ema_decay, log_every, name, 
         for k, p in params.items():
             p.copy_(ema[k])
     return {"steps_run": done, "seconds": round(time.time() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
                  "final_train_loss": round(sum(recent) / len(recent), 4)}
 
 
@@ -128,11 +129,16 @@ def train(args, command: str) -> dict:
     if "mlm" in args.parts:
         report["mlm"] = train_mlm(args, tok, stream, out / "mdlm", transformers)
         report["heldout_nelbo"] = round(text.heldout_nelbo(text.load_text_model(out / "mdlm"), held, tok.mask_token_id), 4)
+    if "blocks" in args.parts:
+        report["blocks"] = train_blocks(args, tok, stream, out / "bd3lm", transformers)
+        model = text_blocks.load_block_model(out / "bd3lm")
+        report["heldout_block_nelbo"] = {str(bl): round(text_blocks.heldout_block_nelbo(model, held, bl, tok.mask_token_id), 4)
+                                         for bl in text_blocks.BLOCK_LENGTHS}
     if "evaluator" in args.parts:
         report["evaluator"] = train_evaluator(args, tok, stream, out / "evaluator", transformers)
         report["heldout_gen_ppl"] = round(text.generative_perplexity(text.load_evaluator(out / "evaluator"), held), 2)
     previous = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
-    if set(args.parts) != {"mlm", "evaluator"}:  # keep what an earlier run recorded for the other part
+    if set(args.parts) != {"mlm", "evaluator", "blocks"}:  # keep what an earlier run recorded for the other part
         earlier = previous.get("commands") or ([previous["command"]] if "command" in previous else [])
         report = {**previous, **report, "commands": earlier + [command]}
     report["total_seconds"] = round(time.time() - t0, 1)
@@ -169,6 +175,29 @@ def train_mlm(args, tok, stream, folder: Path, transformers) -> dict:
             "parameters": sum(p.numel() for p in mlm.parameters())}
 
 
+def train_blocks(args, tok, stream, folder: Path, transformers) -> dict:
+    """Train the block-causal model (BD3-LM, :mod:`pit_sampler.models.text_blocks`) and save it
+    (float16) with the tokenizer in ``folder``: ``L = 128`` windows, block length 16 on even steps and
+    32 on odd steps, :func:`~pit_sampler.models.text_blocks.block_count_loss`."""
+    torch.manual_seed(args.seed + 2)
+    model = text_blocks.new_block_model(tok, transformers)
+    model.train()
+    g = torch.Generator().manual_seed(args.seed + 2)
+    lengths = text_blocks.BLOCK_LENGTHS
+
+    def block_loss(s):
+        x0 = text.random_windows(stream, args.batch_size, text.LENGTH, g)
+        return text_blocks.block_count_loss(model, x0, lengths[s % len(lengths)], tok.mask_token_id, generator=g)
+
+    report = _optimise(model, block_loss, steps=args.block_steps, lr=args.lr, warmup=args.warmup,
+                       ema_decay=args.ema_decay, log_every=args.log_every, name="blocks", minutes=args.minutes)
+    model.eval()
+    model.half().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return {"class": type(model).__name__, **text_blocks.BLOCK_MODEL_CONFIG, "block_lengths": list(lengths), **report,
+            "steps": args.block_steps, "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def train_evaluator(args, tok, stream, folder: Path, transformers) -> dict:
     """Train the GPT-2 evaluator and save it (float16) in ``folder``."""
     torch.manual_seed(args.seed + 1)
@@ -200,10 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--copyright", default=None, help="the packages' copyright file (default: found next to the corpus)")
     p.add_argument("--out", default=str(text.TEXT_DIR), help="output folder (default: the shipped weights folder)")
     p.add_argument("--arch", choices=sorted(MLM_CONFIGS), default="modernbert", help="the masked LM's class")
-    p.add_argument("--parts", default="mlm,evaluator", help="what to train: mlm, evaluator or both (comma-separated)")
+    p.add_argument("--parts", default="mlm,evaluator", help="what to train: mlm, evaluator, blocks (comma-separated)")
     p.add_argument("--steps", type=int, default=3000, help="masked-LM optimiser steps")
+    p.add_argument("--block-steps", type=int, default=1200, help="block-causal model optimiser steps")
     p.add_argument("--eval-steps", type=int, default=1500, help="evaluator optimiser steps")
-    p.add_argument("--minutes", type=float, default=None, help="stop the masked LM early after this wall time")
+    p.add_argument("--minutes", type=float, default=None, help="stop the masked LM (or block model) early after this wall time")
     p.add_argument("--eval-minutes", type=float, default=None, help="stop the evaluator early after this wall time")
     p.add_argument("--batch-size", type=int, default=32, help="rows of 128 tokens per step (16 rows of 256 on odd steps)")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -216,8 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--log-every", type=int, default=100)
     args = p.parse_args(argv)
     args.parts = [x for x in args.parts.split(",") if x]
-    if not args.parts or set(args.parts) - {"mlm", "evaluator"}:
-        p.error(f"--parts must name mlm and/or evaluator, got {args.parts}")
+    if not args.parts or set(args.parts) - {"mlm", "evaluator", "blocks"}:
+        p.error(f"--parts must name mlm, evaluator and/or blocks, got {args.parts}")
     torch.set_num_threads(args.threads)
     command = "python -m pit_sampler.models.train_text " + " ".join(sys.argv[1:] if argv is None else argv)
     report = train(args, command.strip())
