@@ -51,12 +51,13 @@ def offers_cache(denoiser) -> bool:
 @dataclass
 class PrefixCache:
     """The cache of the block sampler's running samples (module docstring, "Bookkeeping").
-    ``tokens``: the positions every cache call processed (the encoded prefix)."""
+    ``calls`` and ``tokens``: the ``encode`` calls made and the positions they processed."""
 
     denoiser: object
     cache: object = None
     members: list[int] = field(default_factory=list)
     covered: int = 0
+    calls: int = 0
     tokens: int = 0
 
     def advance(self, x: Tensor, live: list[int], start: int) -> None:
@@ -70,6 +71,7 @@ class PrefixCache:
         if start > self.covered and live:
             rows = torch.tensor(live, dtype=torch.int64, device=x.device)
             self.cache = self.denoiser.encode(x[rows, self.covered : start], self.covered, self.cache)
+            self.calls += 1
             self.tokens += len(live) * (start - self.covered)
             self.covered = start
 

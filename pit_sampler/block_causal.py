@@ -21,8 +21,11 @@ the cache protocol of docs/blocks.md ("Proposal: the cache protocol"):
 Transformers computes attention; the adapter only builds 4D masks, position ids and caches. A 4D
 ``attention_mask`` is used as given (``masking_utils._preprocess_mask_arguments`` returns it as-is):
 boolean (``True`` = attend) for ``sdpa``, additive (``0`` / ``finfo(dtype).min``) for ``eager``; other
-attention implementations (flash attention, flex) take no arbitrary mask and are refused, as are
-sliding-window layers (a window drops prefix keys, so "the prefix is encoded once" breaks).
+attention implementations (flash attention, flex) take no arbitrary mask and are refused. Local
+layers (``config.layer_types`` naming ``"sliding_attention"``, an int ``sliding_window``) get their own
+mask, the block-causal one within ``|p_q - p_k| < sliding_window`` (:func:`layer_masks`, built from
+absolute positions, so it is the same with and without the cache, which keeps every key); a window
+transformers would apply by itself (Mistral-style, no ``layer_types``) is refused.
 """
 
 from __future__ import annotations
@@ -113,6 +116,19 @@ def _model_cache(cache: BlockCache | None, samples: Tensor | None, grow: bool):
     return out
 
 
+def layer_masks(config, allowed: Tensor, q_positions: Tensor, k_positions: Tensor):
+    """The attention mask(s) a base model takes for queries at positions ``q_positions [Q]`` and keys at
+    ``k_positions [K]`` that may attend where ``allowed [..., Q, K]`` (bool, True = attend): that mask,
+    or for a model with local layers (``config.layer_types`` holding ``"sliding_attention"``) a dict by
+    layer type in which the local layers also need ``|p_q - p_k| < config.sliding_window`` (absolute
+    positions, on both sides: a block is bidirectional). Masks built from positions are the same
+    whatever the cache holds, so local layers stay exact with the cache (it keeps every key)."""
+    if "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return allowed
+    near = (q_positions[:, None] - k_positions[None, :]).abs() < config.sliding_window
+    return {"full_attention": allowed, "sliding_attention": allowed & near}
+
+
 def _check_config(model: nn.Module) -> None:
     """The model must take arbitrary 4D masks, have no sliding-window layer and nothing after its head."""
     config, name = getattr(model, "config", None), type(model).__name__
@@ -123,13 +139,14 @@ def _check_config(model: nn.Module) -> None:
             f"mask; load the model with attn_implementation='sdpa' or 'eager'"
         )
     types = getattr(config, "layer_types", None) or ()
-    windowed = getattr(config, "use_sliding_window", None)
-    if (any(t != "full_attention" for t in types) or windowed is True
-            or (windowed is None and getattr(config, "sliding_window", None) is not None)):
+    windowed, window = getattr(config, "use_sliding_window", None), getattr(config, "sliding_window", None)
+    local = "sliding_attention" in types
+    if (set(types) - {"full_attention", "sliding_attention"} or (local and not is_int(window))
+            or (not types and (windowed is True or (windowed is None and window is not None)))):
         raise ValueError(
-            f"HFBlockCausalLM: {name} has sliding-window layers (layer_types={list(types)}, use_sliding_window="
-            f"{windowed}, sliding_window={getattr(config, 'sliding_window', None)}): a window drops prefix keys, "
-            "so the prefix cannot be encoded once; only full-attention layers are supported"
+            f"HFBlockCausalLM: {name} has layers the adapter cannot mask (layer_types={list(types)}, "
+            f"use_sliding_window={windowed}, sliding_window={window}): it supports full-attention layers and "
+            "local layers named in config.layer_types with an int sliding_window"
         )
     for key, neutral in (("final_logit_softcapping", None), ("logit_scale", 1), ("logits_scaling", 1)):
         if getattr(config, key, neutral) not in (neutral, None):
@@ -245,8 +262,8 @@ class HFBlockCausalLM(Adapter):
         :meth:`_folded` gives the hidden states in ``x``'s row order. Then the head on the rows needed."""
         if cache is None:
             R, e = x.shape
-            mask = block_causal_mask(e, self.block_length, x.device).expand(R, 1, e, e)
-            h = self._hidden(x, mask, torch.arange(e, device=x.device).expand(R, e), None)
+            where = torch.arange(e, device=x.device)
+            h = self._hidden(x, block_causal_mask(e, self.block_length, x.device), where, where, None)
         else:
             h = self._folded(x, cache, samples, start)
         rows = h.reshape(-1, h.shape[-1])
@@ -268,22 +285,31 @@ class HFBlockCausalLM(Adapter):
         ids = x.view(W, Bp, n).transpose(0, 1).reshape(Bp, W * n)
         i = torch.arange(W * n, device=x.device)
         same = (i // n)[:, None] == (i // n)[None, :]
-        mask = torch.cat([same.new_ones(W * n, P), same], dim=1).expand(Bp, 1, W * n, P + W * n)
-        h = self._hidden(ids, mask, (start + i % n).expand(Bp, W * n), _model_cache(cache, samples, grow=False))
+        allowed = torch.cat([same.new_ones(W * n, P), same], dim=1)
+        where = start + i % n
+        keys = torch.cat([torch.arange(P, device=x.device), where])
+        h = self._hidden(ids, allowed, where, keys, _model_cache(cache, samples, grow=False))
         return h.view(Bp, W, n, -1).transpose(0, 1).reshape(R, n, -1)
 
-    def _hidden(self, ids: Tensor, mask: Tensor, position_ids: Tensor, model_cache) -> Tensor:
-        """The base model's final hidden states for ``ids`` under the boolean 4D ``mask`` (``True`` =
-        attend; made additive, ``0`` / ``finfo(dtype).min``, for eager attention), ``position_ids`` (used for
-        RoPE) and the transformers cache ``model_cache`` (``None``: no cache)."""
+    def _hidden(self, ids: Tensor, allowed: Tensor, q_positions: Tensor, k_positions: Tensor, model_cache) -> Tensor:
+        """The base model's final hidden states for ``ids [B, Q]`` whose queries sit at ``q_positions [Q]``
+        (the position ids, used for RoPE) and may attend the keys at ``k_positions [K]`` (the cached ones,
+        then ``ids``) where ``allowed [Q, K]`` (:func:`layer_masks`: also local for local layers), with the
+        transformers cache ``model_cache`` (``None``: no cache). Boolean masks for sdpa, additive ones
+        (``0`` / ``finfo(dtype).min``) for eager attention; every row gets the same mask."""
         impl = getattr(self.model.config, "_attn_implementation", None)
         if impl not in MASKED_ATTENTION:
             _check_config(self.model)  # changed since construction: raises
-        if impl == "eager":
-            dtype = getattr(self.model, "dtype", self.head.weight.dtype)  # the attention scores' dtype
-            low = torch.full(mask[:1].shape, torch.finfo(dtype).min, dtype=dtype, device=mask.device)
-            mask = low.masked_fill(mask[:1], 0.0).expand(mask.shape)  # every call's mask is the same per row
-        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+        masks = layer_masks(self.model.config, allowed, q_positions, k_positions)
+        dtype = getattr(self.model, "dtype", self.head.weight.dtype)  # the attention scores' dtype
+
+        def form(mask: Tensor) -> Tensor:
+            if impl == "eager":
+                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+            return mask.expand(ids.shape[0], 1, *mask.shape)
+
+        mask = {k: form(m) for k, m in masks.items()} if isinstance(masks, dict) else form(masks)
+        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=q_positions.expand(ids.shape[0], -1),
                            use_cache=model_cache is not None, **{self._cache_arg: model_cache})
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
@@ -310,10 +336,11 @@ class HFBlockCausalLM(Adapter):
             if cache.batch != B:
                 raise ValueError(f"x has {B} rows, but the cache holds {cache.batch} samples (select them first)")
         e = start + n
-        mask = block_causal_mask(e, self.block_length, x.device)[start:].expand(B, 1, n, e)
+        allowed = block_causal_mask(e, self.block_length, x.device)[start:]
         model_cache = _model_cache(cache, None, grow=True)
+        where = torch.arange(e, device=x.device)
         with torch.no_grad():
-            self._hidden(x, mask, torch.arange(start, e, device=x.device).expand(B, n), model_cache)
+            self._hidden(x, allowed, where[start:], where, model_cache)
         layers = model_cache.layers
         return BlockCache(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers), B, e)
 

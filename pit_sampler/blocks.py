@@ -65,8 +65,9 @@ class BlockResult(SampleResult):
     """A :class:`SampleResult` of a whole block run, and per block.
 
     Totals over every block: ``rounds`` (sequential denoiser calls: the probe's, if made, plus
-    ``sum(block_rounds)``), ``nfe`` (rows evaluated per sample of the batch; a row of block ``k`` has
-    ``e_k`` positions), ``iterations``, ``residuals``, ``windows``, ``logits_rows`` (per round),
+    ``sum(block_rounds)``; with the cache the model is also called ``encodes`` times, once per block
+    whose prefix it encodes), ``nfe`` (rows evaluated per sample of the batch; a row of block ``k`` has
+    ``e_k`` positions, ``n_k`` with the cache), ``iterations``, ``residuals``, ``windows``, ``logits_rows`` (per round),
     ``polls``; ``policy`` is the last block's (``"auto"`` measures each block's input shape apart).
     Per block ``k``: ``block_rounds[k]``, the denoiser calls made for it (0 if no sample had work in it;
     when the batch runs in one group this is the round count of its slowest sample, since each call
@@ -80,6 +81,7 @@ class BlockResult(SampleResult):
     block_samples: list[int] = field(default_factory=list)
     lengths: Tensor | None = None
     positions: int = 0
+    encodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,10 @@ class BlockRunner:
         if self.settings.eos_id is not None:
             tail = masked & (torch.arange(L, device=x.device) >= lengths.unsqueeze(1))
             x = torch.where(tail, self.settings.fill, x)
-        encoded = probe * spans[0][1] + (cache.tokens if cache is not None else 0)
-        return self._result(x, runs, samples, spans, probe, encoded, lengths)
+        result = self._result(x, runs, samples, spans, probe, lengths)
+        if cache is not None:
+            result.positions, result.encodes = result.positions + cache.tokens, cache.calls
+        return result
 
     def _facts(self, x: Tensor, spans: list) -> tuple[list[list[int]], int]:
         """One read: whether each sample has a masked position in each block, and the largest non-mask
@@ -218,10 +222,9 @@ class BlockRunner:
             stopped = [b for b, h in zip(rows, hit) if h]
         return out, stopped
 
-    def _result(self, tokens: Tensor, runs: list, samples: list[int], spans: list, probe: int, encoded: int,
+    def _result(self, tokens: Tensor, runs: list, samples: list[int], spans: list, probe: int,
                 lengths: Tensor) -> BlockResult:
-        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row;
-        ``encoded``: the positions of the probe and of the cache's encodings."""
+        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row."""
         done = [r for r in runs if r is not None]
         block_rows = [0 if r is None else r.nfe * n for r, n in zip(runs, samples)]
         widths = [e - s if self.settings.cache else e for s, e in spans]
@@ -234,4 +237,4 @@ class BlockRunner:
             engine.acceptance.is_exact(engine.max_window), windows, done[-1].policy if done else None, logits_rows,
             sum(r.polls for r in done), block_rounds=[0 if r is None else r.rounds for r in runs],
             block_samples=samples, lengths=lengths,
-            positions=round(encoded + sum(n * w for n, w in zip(block_rows, widths))))
+            positions=round(probe * spans[0][1] + sum(n * w for n, w in zip(block_rows, widths))))

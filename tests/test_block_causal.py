@@ -22,8 +22,10 @@ transformers = pytest.importorskip("transformers")
 from pit_sampler.block_causal import BlockCache, HFBlockCausalLM, block_causal_mask  # noqa: E402
 
 V, MASK = 37, 36  # V not a power of two; the mask is the last id
-ARCHS = {"llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
-         "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)}
+LOCAL = dict(layer_types=["sliding_attention", "full_attention"], use_sliding_window=True, sliding_window=3)
+ARCHS = {"llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig, {}),
+         "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config, {}),
+         "qwen2-local": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config, LOCAL)}  # a local layer
 IMPLS = ("sdpa", "eager")
 TOL = {"sdpa": 1e-10, "eager": 1e-6}
 MODELS = [(a, i) for a in ARCHS for i in IMPLS]
@@ -32,10 +34,10 @@ MODELS = [(a, i) for a in ARCHS for i in IMPLS]
 def build(arch="llama", impl="sdpa", seed=0, **config):
     """A fresh tiny model (its own config: ``_from_config`` writes the attention implementation into
     the config object it is given, so models must not share one)."""
-    cls, cfg = ARCHS[arch]
+    cls, cfg, extra = ARCHS[arch]
     torch.manual_seed(seed)
     c = cfg(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, max_position_embeddings=64, **config)
+            intermediate_size=48, max_position_embeddings=64, **{**extra, **config})
     return cls._from_config(c, attn_implementation=impl, dtype=torch.float64).eval()
 
 
@@ -54,17 +56,23 @@ def tokens(*shape, gen):
 
 
 def reference(model, x, bl):
-    """The plain model on ``x [N, L]`` under the hand-built block-causal mask: float64 logits ``[N, L, V]``."""
+    """The plain model on ``x [N, L]`` under the hand-built block-causal mask (and, for a model with a
+    local layer, that mask within ``|i - j| < sliding_window`` for it): float64 logits ``[N, L, V]``."""
     N, L = x.shape
     i = torch.arange(L)
     allowed = (i[None, :] // bl) <= (i[:, None] // bl)  # [query i, key j]
-    if model.config._attn_implementation == "eager":
-        mask = torch.zeros(L, L, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
-    else:
-        mask = allowed
+
+    def form(m):
+        if model.config._attn_implementation == "eager":
+            m = torch.zeros(L, L, dtype=torch.float64).masked_fill(~m, torch.finfo(torch.float64).min)
+        return m.expand(N, 1, L, L)
+
+    mask = form(allowed)
+    if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
+        near = (i[None, :] - i[:, None]).abs() < model.config.sliding_window
+        mask = {"full_attention": mask, "sliding_attention": form(allowed & near)}
     with torch.no_grad():
-        return model(input_ids=x, attention_mask=mask.expand(N, 1, L, L), position_ids=i.expand(N, L),
-                     use_cache=False).logits
+        return model(input_ids=x, attention_mask=mask, position_ids=i.expand(N, L), use_cache=False).logits
 
 
 def raw(den, x, positions=None, cache=None, samples=None, start=None):
@@ -313,11 +321,13 @@ def test_refuses_unmasked_attention_and_sliding_windows():
     den.model.config._attn_implementation = "flex_attention"  # switched after construction
     with pytest.raises(ValueError, match="flex_attention"):
         den(torch.ones(1, 4, dtype=torch.int64), torch.ones(1))
-    for config in (dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
-                   dict(layer_types=["full_attention", "sliding_attention"], use_sliding_window=True,
-                        sliding_window=4)):
-        with pytest.raises(ValueError, match="sliding"):
-            HFBlockCausalLM(build("qwen2", **config), block_length=4, mask_id=MASK)
+    odd = build("qwen2")
+    odd.config.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(ValueError, match="chunked_attention"):
+        HFBlockCausalLM(odd, block_length=4, mask_id=MASK)
+    odd.config.layer_types, odd.config.sliding_window = ["full_attention", "sliding_attention"], None
+    with pytest.raises(ValueError, match="sliding_window=None"):
+        HFBlockCausalLM(odd, block_length=4, mask_id=MASK)
     mistral = transformers.MistralForCausalLM(transformers.MistralConfig(
         vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=48, sliding_window=8))

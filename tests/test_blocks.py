@@ -283,7 +283,7 @@ def test_a_round_processes_at_most_the_window_of_blocks_plus_one_encoding_per_bl
     for kind, rows, n in calls:
         assert (kind == "encode") or (n <= bl and rows <= W * B), (kind, rows, n)
     encodes = [(rows, n) for kind, rows, n in calls if kind == "encode"]
-    assert len(encodes) <= len(range(0, L, bl)) - 1
+    assert len(encodes) == out.encodes <= len(range(0, L, bl)) - 1
     last_start = [max((s for s in range(0, L, bl) if s < n and bool((x[b, s : s + bl] == MASK).any())), default=0)
                   for b, n in enumerate(out.lengths.tolist())]
     assert sum(rows * n for rows, n in encodes) <= sum(last_start)

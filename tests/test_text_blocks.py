@@ -1,5 +1,5 @@
 """The BD3-LM objective of the block-causal text model (pit_sampler/models/text_blocks.py) on a tiny
-random Llama in float64: the training pass computes the conditionals the samplers use, the mask is
+random Qwen2 with a local layer in float64: the training pass computes the conditionals the samplers use, the mask is
 the one the module docstring states, and the two NELBO estimators agree."""
 
 import pytest
@@ -15,9 +15,11 @@ V, MASK, PAD, L, BL = 37, 36, 0, 12, 4
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float64).eval()
+    config = transformers.Qwen2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                                      use_sliding_window=True, sliding_window=3,
+                                      layer_types=["sliding_attention", "full_attention"])  # as the shipped model
+    return transformers.Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float64).eval()
 
 
 def clean_tokens(n, gen):
@@ -69,3 +71,73 @@ def test_the_count_and_time_estimators_agree():
 def test_block_length_must_divide_the_sequence():
     with pytest.raises(ValueError, match="multiple of block_length=5"):
         text_blocks.block_count_loss(tiny_model(), clean_tokens(2, torch.Generator().manual_seed(0)), 5, MASK)
+
+
+# -- the shipped model (pit_sampler/models/weights/text/bd3lm) ---------------------------------------
+
+needs_model = pytest.mark.skipif(not (text_blocks.BLOCK_MODEL_DIR / "config.json").is_file(),
+                                 reason="the block model is not shipped")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from pit_sampler.models import text
+
+    tok = text.load_tokenizer()
+    model = text_blocks.load_block_model()
+    return tok, model, text_blocks.block_denoiser(model, tok)
+
+
+@needs_model
+def test_the_shipped_model_loads_with_plain_transformers():
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(text_blocks.BLOCK_MODEL_DIR))
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.block_length == 16
+    assert model.config.mask_token_id == 2 and list(model.config.block_lengths) == [16, 32]
+    den = HFBlockCausalLM.from_pretrained(str(text_blocks.BLOCK_MODEL_DIR), dtype=torch.float64, local_files_only=True)
+    assert den.block_length == 16 and den.mask_id == 2 and 0 in den.suppress_ids  # [PAD] is never generated
+
+
+@needs_model
+@pytest.mark.parametrize("block_length", [16, 32])
+def test_cached_pit_equals_uncached_sequential_on_the_shipped_model(shipped, block_length):
+    """Exact Picard with the cache gives the tokens of the sequential sampler without it (a prompt, a
+    ragged batch, [SEP] as EOS), for less than half the positions and fewer rounds."""
+    import pit_sampler as ps
+
+    tok, model, _ = shipped
+    den = text_blocks.block_denoiser(model, tok, block_length)
+    x = torch.full((3, 80), tok.mask_token_id)
+    x[0, :20] = torch.tensor(tok("A fool and his money are soon parted.", add_special_tokens=False).input_ids[:20])
+    x[2, 40:44] = torch.tensor([100, 200, 300, 400])
+    kw = dict(num_steps=64, eos_id=tok.sep_token_id, **den.sampler_kwargs())
+    seq = ps.TauLeapingSampler(den, cache=False, **kw).sample(x, seed=3)
+    pit = ps.PITSampler(den, window=4, **kw).sample(x, seed=3)
+    assert torch.equal(pit.tokens, seq.tokens) and torch.equal(pit.lengths, seq.lengths)
+    assert pit.rounds < seq.rounds and 2 * pit.positions < seq.positions
+
+
+@needs_model
+def test_generate_samples_the_block_model_block_by_block(shipped):
+    """generate() on the plain Hugging Face module: wrapped as a block-causal model, sampled block by
+    block with the cache, rows stop at [SEP] (the end of a quotation); PIT equals sequential."""
+    from pit_sampler.blocks import BlockResult
+    from pit_sampler.generate import generate
+
+    tok, model, _ = shipped
+    outs = {name: generate(model, tok, ["A fool and his money", "Never"], max_new_tokens=48, num_steps=32,
+                           sampler=name, seed=0) for name in ("sequential", "pit")}
+    assert torch.equal(outs["sequential"].sequences, outs["pit"].sequences)
+    for out in outs.values():
+        assert all(isinstance(r, BlockResult) for r in out.results)
+        assert out.texts[0].startswith("A fool and his money") and out.texts[1].startswith("Never")
+        assert all(tok.sep_token_id not in c for c in out.ids)
+
+
+@needs_model
+def test_demo_text_blocks(capsys):
+    from pit_sampler.__main__ import main
+
+    res = main(["demo", "--model", "text-blocks", "--batch", "1", "--steps", "16", "--window", "4", "--no-progress"])
+    assert res["identical"] and len(res["runs"]) == 4
+    out = capsys.readouterr().out
+    assert "positions/round" in out and "held-out NELBO: block model" in out

@@ -1,9 +1,11 @@
 """A block-causal text model (BD3-LM, arXiv 2503.09573) on the fortunes corpus: objective and loading.
 
-**Model.** A ``transformers.LlamaForCausalLM`` (:data:`BLOCK_MODEL_CONFIG`), the same tokenizer and
+**Model.** A ``transformers.Qwen2ForCausalLM`` (:data:`BLOCK_MODEL_CONFIG`), the same tokenizer and
 corpus as the masked LM (:mod:`pit_sampler.models.text`), used with **block-causal** attention: the
 sequence is cut into blocks of ``bl`` positions from position 0, and query ``i`` attends key ``j`` iff
-``j // bl <= i // bl``. Logits are not shifted (position ``l``'s logits are the conditional of token
+``j // bl <= i // bl``; its first two layers are local, ``|p_i - p_j| < 5`` as well
+(:func:`~pit_sampler.block_causal.layer_masks`), which is what made the masked LM learn in a CPU
+budget (docs/text-model.md): a masked position sees its neighbours from the first step. Logits are not shifted (position ``l``'s logits are the conditional of token
 ``l``) and time-agnostic (RADD); the ``[MASK]`` and ``[PAD]`` columns are ``-inf``
 (:func:`~pit_sampler.models.text.clean_logits`). It is trained at ``bl = 16`` and ``bl = 32`` (even
 and odd steps), so one model serves both block lengths (``config.block_length`` is 16, the default).
@@ -33,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..block_causal import block_causal_mask
+from ..block_causal import block_causal_mask, layer_masks
 from .text import TEXT_DIR, _QuietLoading, _require, clean_logits
 
 BLOCK_MODEL_DIR = TEXT_DIR / "bd3lm"
 BLOCK_LENGTHS = (16, 32)  # trained at both; config.block_length = the first
-BLOCK_MODEL_CONFIG = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                          intermediate_size=512, max_position_embeddings=512, tie_word_embeddings=True,
-                          rope_theta=10000.0, attention_dropout=0.0)
+BLOCK_MODEL_CONFIG = dict(  # two local layers (4 positions each side), then two global ones
+    hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512,
+    max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0, attention_dropout=0.0,
+    use_sliding_window=True, sliding_window=5, layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"])
 
 
 def bd3_training_mask(length: int, block_length: int, device=None) -> Tensor:
@@ -57,10 +60,12 @@ def bd3_training_mask(length: int, block_length: int, device=None) -> Tensor:
 def noisy_half_logits(model, xt: Tensor, x0: Tensor, block_length: int, mask_id: int, suppress_ids=(0,)) -> Tensor:
     """The conditionals ``[N, L, V]`` of the noisy half of one ``[x_t ; x_0]`` pass (module docstring)."""
     N, L = x0.shape
-    mask = bd3_training_mask(L, block_length, x0.device).expand(N, 1, 2 * L, 2 * L)
-    positions = torch.arange(L, device=x0.device).repeat(2).expand(N, 2 * L)
-    hidden = model.get_decoder()(input_ids=torch.cat([xt, x0], 1), attention_mask=mask,
-                                 position_ids=positions).last_hidden_state[:, :L]
+    positions = torch.arange(L, device=x0.device).repeat(2)
+    masks = layer_masks(model.config, bd3_training_mask(L, block_length, x0.device), positions, positions)
+    masks = {k: m.expand(N, 1, 2 * L, 2 * L) for k, m in masks.items()} if isinstance(masks, dict) else \
+        masks.expand(N, 1, 2 * L, 2 * L)
+    hidden = model.get_decoder()(input_ids=torch.cat([xt, x0], 1), attention_mask=masks,
+                                 position_ids=positions.expand(N, 2 * L)).last_hidden_state[:, :L]
     return clean_logits(model.get_output_embeddings()(hidden), mask_id, suppress_ids)
 
 
@@ -123,18 +128,18 @@ def heldout_block_nelbo(model, tokens: Tensor, block_length: int, mask_id: int, 
 
 
 def new_block_model(tokenizer, transformers):
-    """A freshly initialised :data:`BLOCK_MODEL_CONFIG` model for ``tokenizer`` (sdpa attention; the
-    ids and ``block_length`` stored in its config)."""
-    config = transformers.LlamaConfig(
+    """A freshly initialised :data:`BLOCK_MODEL_CONFIG` ``Qwen2ForCausalLM`` for ``tokenizer`` (sdpa
+    attention; the ids and ``block_length`` stored in its config)."""
+    config = transformers.Qwen2Config(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.sep_token_id,
         eos_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id, block_length=BLOCK_LENGTHS[0],
         block_lengths=list(BLOCK_LENGTHS), **BLOCK_MODEL_CONFIG)
-    return transformers.LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+    return transformers.Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa")
 
 
 def load_block_model(path: str | os.PathLike = BLOCK_MODEL_DIR, dtype: torch.dtype = torch.float64):
     """The shipped block-causal model (``AutoModelForCausalLM.from_pretrained``: a
-    ``LlamaForCausalLM``) in eval mode, without gradients, in ``dtype`` (float64: batch invariant on
+    ``Qwen2ForCausalLM``) in eval mode, without gradients, in ``dtype`` (float64: batch invariant on
     the CPU, what exact Picard needs; the weights are stored in float16)."""
     transformers = _require("transformers")
     with _QuietLoading():
@@ -145,8 +150,10 @@ def load_block_model(path: str | os.PathLike = BLOCK_MODEL_DIR, dtype: torch.dty
 def block_denoiser(model, tokenizer, block_length: int | None = None):
     """:class:`~pit_sampler.block_causal.HFBlockCausalLM` for the block model: ``mask_id = [MASK]``,
     ``[PAD]`` suppressed (the tokenizer's pad token; ``[SEP]``, the end of a quotation, is generated);
-    ``block_length``: 16 or 32 (default ``config.block_length``)."""
+    ``block_length``: 16 or 32 (default ``config.block_length``). The head runs on 64 rows at a time
+    (zero-padded: batch invariant; a cached call of one sample needs a few dozen rows, so the default
+    256 would spend most of a CPU call's time on padding)."""
     from ..block_causal import HFBlockCausalLM
 
     bl = model.config.block_length if block_length is None else block_length
-    return HFBlockCausalLM(model, block_length=bl, tokenizer=tokenizer)
+    return HFBlockCausalLM(model, block_length=bl, tokenizer=tokenizer, head_block=64)
