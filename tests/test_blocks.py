@@ -169,6 +169,9 @@ def test_a_sample_does_not_depend_on_its_batch():
     assert torch.equal(make().sample(x[perm], seed=seeds[perm]).tokens, batch.tokens[perm])
     capped = blocks(PrefixOracle(ORACLE), 3, 2, eos_id=EOS, max_rows=2).sample(x, seed=seeds)  # groups of 1
     assert torch.equal(capped.tokens, batch.tokens)
+    plain = blocks(PrefixOracle(ORACLE), 3).sample(x, seed=seeds)
+    cached = blocks(CachedPrefixOracle(ORACLE), 3, max_rows=2).sample(x, seed=seeds)  # groups of 2 samples
+    assert torch.equal(cached.tokens, plain.tokens)  # each group's rows find their samples' caches
 
 
 def test_other_rules_and_modes_run_inside_blocks():
