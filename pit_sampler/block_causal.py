@@ -228,7 +228,7 @@ class HFBlockCausalLM(Adapter):
 
         load = dict(local_files_only=local_files_only, trust_remote_code=trust_remote_code)
         if isinstance(tokenizer, str) and tokenizer == "auto":
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path, **load)
+            tokenizer = _load_tokenizer(path, load)
         model_class = model_class or transformers.AutoModelForCausalLM
         extra = {} if dtype is None else {"dtype": dtype}
         model = model_class.from_pretrained(path, attn_implementation=attn_implementation, **load, **extra)
@@ -400,6 +400,23 @@ class HFBlockCausalLM(Adapter):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", block_length={self.block_length})"
+
+
+def _load_tokenizer(path: str, load: dict):
+    """The tokenizer of the folder ``path``: a plain fast tokenizer when its ``tokenizer_config.json``
+    says so (``TokenizersBackend``/``PreTrainedTokenizerFast``: ``AutoTokenizer`` would pick the model
+    type's class instead, e.g. ``Qwen2Tokenizer``, which adds its own ``<|endoftext|>``), else
+    ``AutoTokenizer``'s choice."""
+    import json
+    import os
+
+    import transformers
+
+    config = os.path.join(path, "tokenizer_config.json")
+    declared = json.loads(open(config).read()).get("tokenizer_class") if os.path.isfile(config) else None
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return transformers.PreTrainedTokenizerFast.from_pretrained(path, **load)
+    return transformers.AutoTokenizer.from_pretrained(path, **load)
 
 
 def _resolve_mask_id(mask_id, tokenizer, config) -> int:
