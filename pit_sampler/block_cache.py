@@ -23,9 +23,11 @@ as without a cache (prefix included: the noise stays keyed by absolute positions
 the same noise and no op changes), calling a :class:`CachedBlock` in place of the model. It offers
 the positions protocol and ``takes_samples`` (:mod:`pit_sampler.engine.call`): it cuts the block's
 positions out of each row, maps flat indices ``r e_k + l`` to ``r n + (l - s_k)``, maps the engine's
-sample of each row to its row in the cache, and calls the model on the block only. The positions
-requested are masked ones, all in the block (the prefix is clean). A rule that reads the full output
-gets zeros at the prefix's positions (it reads only masked positions).
+sample of each row to its row in the cache, and calls the model on the block only. The rows the
+sweep reads are masked positions, all in the block (the prefix is clean); a packed request also has
+padding slots (index 0, :mod:`pit_sampler.engine.rows`, rows nobody reads), which map to the block's
+first row. A rule that reads the full output gets zeros at the prefix's positions (it reads only
+masked positions).
 
 **Bookkeeping** (:class:`PrefixCache`): the cache covers positions ``0 .. covered - 1`` of the
 samples ``members`` (indices into the block sampler's batch, in cache order). Before block ``k``,
@@ -101,6 +103,7 @@ class CachedBlock:
         kwargs = dict(cache=self.cache, samples=self.cache_rows[samples], start=self.start)
         if positions is not None:
             r, l = positions // e, positions % e
-            return self.denoiser(block, t, positions=r * n + (l - self.start), **kwargs)
+            inside = torch.where(l >= self.start, r * n + (l - self.start), 0)  # padded slots ask for index 0
+            return self.denoiser(block, t, positions=inside, **kwargs)
         out = self.denoiser(block, t, **kwargs)
         return torch.cat([out.new_zeros(R, self.start, out.shape[-1]), out], 1)

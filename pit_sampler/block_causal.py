@@ -6,7 +6,7 @@ attention is **block-causal**: query ``i`` may attend key ``j`` iff ``j // bl <=
 from the hidden state at ``l``) and the model is time-agnostic.
 
 :class:`HFBlockCausalLM` wraps a Hugging Face ``*ForCausalLM`` of the Llama/Qwen2 family and offers
-the cache protocol of docs/blocks.md ("Proposal: the cache protocol"):
+the cache protocol of :mod:`pit_sampler.block_cache` (docs/blocks.md, "The cache protocol"):
 
 * ``den(x, t, positions=None)``: ``x [R, e]`` at positions ``0..e-1``, a block-causal 4D mask;
 * ``den.encode(x, start, cache=None) -> BlockCache``: the keys/values of the clean tokens ``x [B, n]``
@@ -104,14 +104,14 @@ def _prefix_layer_class():
     return PrefixLayer
 
 
-def _model_cache(cache: BlockCache | None, samples: Tensor | None, grow: bool):
+def _model_cache(cache: BlockCache | None, samples: Tensor | None, grow: bool, classes: tuple):
     """A transformers ``DynamicCache`` to feed the model: empty (``cache is None``), else one
-    :func:`_prefix_layer_class` layer per attention layer over ``cache``'s tensors."""
-    from transformers.cache_utils import DynamicCache
-
-    out = DynamicCache()
+    :func:`_prefix_layer_class` layer per attention layer over ``cache``'s tensors. ``classes``:
+    ``(DynamicCache, the prefix layer class)``, resolved when the adapter is built (a class made
+    inside a compiled round cannot be traced)."""
+    dynamic_cache, layer = classes
+    out = dynamic_cache()
     if cache is not None:
-        layer = _prefix_layer_class()
         out.layers = [layer(k, v, samples, grow) for k, v in zip(cache.keys, cache.values)]
     return out
 
@@ -162,8 +162,9 @@ class HFBlockCausalLM(Adapter):
     older transformers) and ``use_cache``, and returns the final hidden states; its output head
     (``model.get_output_embeddings()``, an ``nn.Linear``) is applied by the adapter to the rows needed
     only, ``head_block`` rows per call (:func:`~pit_sampler.positions.rowwise`: positions output equal to
-    the full output bit for bit). Put the model in eval mode, with ``attn_implementation`` ``"sdpa"``
-    or ``"eager"`` and full attention in every layer (else ``ValueError``).
+    the full output bit for bit). Put the model in eval mode (dropout off: the samplers warn
+    otherwise), with ``attn_implementation`` ``"sdpa"`` or ``"eager"``, and full-attention or local layers
+    (``config.layer_types``; anything else is a ``ValueError``).
 
     ``block_length``: the block length the model was trained with. ``mask_id``: given, else the
     tokenizer's ``mask_token_id``, else ``model.config.mask_token_id`` (given ones must agree).
@@ -215,6 +216,9 @@ class HFBlockCausalLM(Adapter):
         self.model, self.decoder, self.head, self.tokenizer = model, decoder, head, tokenizer
         self.block_length, self.head_block = int(block_length), head_block
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        from transformers.cache_utils import DynamicCache
+
+        self._cache_classes = (DynamicCache, _prefix_layer_class())
 
     @classmethod
     def from_pretrained(cls, path: str, *, block_length: int | None = None, dtype: torch.dtype | None = None,
@@ -288,7 +292,7 @@ class HFBlockCausalLM(Adapter):
         allowed = torch.cat([same.new_ones(W * n, P), same], dim=1)
         where = start + i % n
         keys = torch.cat([torch.arange(P, device=x.device), where])
-        h = self._hidden(ids, allowed, where, keys, _model_cache(cache, samples, grow=False))
+        h = self._hidden(ids, allowed, where, keys, _model_cache(cache, samples, False, self._cache_classes))
         return h.view(Bp, W, n, -1).transpose(0, 1).reshape(R, n, -1)
 
     def _hidden(self, ids: Tensor, allowed: Tensor, q_positions: Tensor, k_positions: Tensor, model_cache) -> Tensor:
@@ -337,7 +341,7 @@ class HFBlockCausalLM(Adapter):
                 raise ValueError(f"x has {B} rows, but the cache holds {cache.batch} samples (select them first)")
         e = start + n
         allowed = block_causal_mask(e, self.block_length, x.device)[start:]
-        model_cache = _model_cache(cache, None, grow=True)
+        model_cache = _model_cache(cache, None, True, self._cache_classes)
         where = torch.arange(e, device=x.device)
         with torch.no_grad():
             self._hidden(x, allowed, where[start:], where, model_cache)

@@ -170,7 +170,8 @@ class WindowParallelPIT(PITSampler):
         if c.compile is not False or c.cuda_graph:
             raise ValueError("window parallelism does not support compile or cuda_graph (the round holds a collective)")
         if self.blocks is not None:
-            raise ValueError("window parallelism does not support block_length yet (it samples the whole sequence)")
+            raise ValueError("window parallelism does not support block sampling yet (block_length, or a block-causal "
+                             "denoiser's own): it samples the whole sequence")
         self.engine.rule = dataclasses.replace(self.engine.rule, packing="draws")  # the plan says who draws what
         self.logits_bytes = 0.0
         self.drawn_per_round = 0.0

@@ -286,7 +286,7 @@ def _denoiser(model, tokenizer):
     to the adapter's."""
     if isinstance(model, Adapter) or callable(getattr(model, "sampler_kwargs", None)):
         den = model
-    elif isinstance(model, nn.Module) and is_int(getattr(getattr(model, "config", None), "block_length", None)):
+    elif isinstance(model, nn.Module) and getattr(getattr(model, "config", None), "block_length", None) is not None:
         den = HFBlockCausalLM(model, block_length=model.config.block_length, tokenizer=tokenizer)
     elif isinstance(model, nn.Module):
         den = HFMaskedLM(model, tokenizer=tokenizer)

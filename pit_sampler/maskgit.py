@@ -39,6 +39,9 @@ class MaskGITSampler:
     def __init__(self, denoiser: Denoiser, config: SamplerConfig | None = None, **kwargs):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
+        if getattr(denoiser, "block_causal", False):
+            raise ValueError("denoiser is block-causal (block_causal=True): MaskGITSampler samples the whole sequence "
+                             "in one run; use TauLeapingSampler or PITSampler, which sample it block by block")
         given = MaskGITConfig.arguments(config, kwargs, family=SamplerConfig)
         given = resolve_sampler_kwargs(denoiser, given, keys=("mask_id", "vocab_size"))
         if "mask_id" not in given or "num_steps" not in given:

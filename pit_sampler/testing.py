@@ -391,4 +391,8 @@ class CachedPrefixOracle(PrefixOracle):
             x = torch.cat([cache[samples].repeat(R // samples.shape[0], 1), x], 1)
         self.calls.append(("cached" if cache is not None else "plain", R, n))
         out = super().__call__(x, t)[:, start:]
-        return out if positions is None else out.reshape(R * n, -1)[positions]
+        if positions is None:
+            return out
+        if positions.numel() and not (0 <= int(positions.min()) and int(positions.max()) < R * n):
+            raise ValueError(f"positions must be flat indices in [0, {R * n}), got {positions.tolist()}")
+        return out.reshape(R * n, -1)[positions]

@@ -407,14 +407,30 @@ def test_the_samplers_give_the_same_tokens_with_and_without_the_cache(arch):
     x[0, :6] = tokens(6, gen=g).clamp(max=MASK - 1)
     x[1, :2] = tokens(2, gen=g).clamp(max=MASK - 1)
     x[2, 5:9] = tokens(4, gen=g).clamp(max=MASK - 1)
-    kw = dict(num_steps=32, eos_id=5, **den.sampler_kwargs())
+    kw = dict(num_steps=32, **den.sampler_kwargs())
+    free = ps.TauLeapingSampler(den, cache=False, **kw).sample(x, seed=1)
+    kw["eos_id"] = int(free.tokens[1, 5])  # drawn in sample 1's block 1: it stops there (or earlier)
     runs = {}
     for cache in (False, True):
         runs["seq", cache] = ps.TauLeapingSampler(den, cache=cache, **kw).sample(x, seed=1)
+        runs["seq, sync 4", cache] = ps.TauLeapingSampler(den, cache=cache, sync_every=4, **kw).sample(x, seed=1)
         for window in (3, "auto"):
             runs[window, cache] = ps.PITSampler(den, window=window, cache=cache, **kw).sample(x, seed=1)
     first = runs["seq", False]
     for key, out in runs.items():
         assert torch.equal(out.tokens, first.tokens) and torch.equal(out.lengths, first.lengths), key
+    assert int(first.lengths[1]) <= 8 and int(first.lengths.max()) == 14  # a stop, and a sample that runs on
     assert runs["seq", True].positions < first.positions
     assert ps.PITSampler(den, window=3, **kw).blocks.settings.cache  # the default: the model's cache
+
+
+def test_a_compiled_round_with_the_cache():
+    """``compile=`` with the cache (dynamo traces the adapter's cached call: the cache's layer class is
+    built with the adapter, not inside the round): the uncached run's tokens."""
+    import pit_sampler as ps
+
+    den = den_for("qwen2-local", "sdpa", bl=4)
+    x = torch.full((2, 12), MASK)
+    kw = dict(num_steps=16, window=2, compile={"backend": "eager"}, **den.sampler_kwargs())
+    ref = ps.PITSampler(den, cache=False, **{**kw, "compile": False}).sample(x, seed=0)
+    assert torch.equal(ps.PITSampler(den, cache=True, **kw).sample(x, seed=0).tokens, ref.tokens)

@@ -309,7 +309,9 @@ def test_the_cache_under_every_rule_and_mode():
             assert torch.equal(out.tokens, ref.tokens), (extra, window)
     for window in (1, 3):
         runs = []
-        for den, cache in ((PrefixOracle(ORACLE), False), (CachedPrefixOracle(ORACLE), True)):
+        cached = CachedPrefixOracle(ORACLE)
+        cached.block_causal = False  # MaskGITSampler refuses block-causal models; the runner needs encode/select
+        for den, cache in ((PrefixOracle(ORACLE), False), (cached, True)):
             mg = ps.MaskGITSampler(den, mask_id=MASK, num_steps=4, order="confidence", window=window)
             runs.append(BlockRunner(mg.engine, BlockSettings(3, EOS, cache=cache)).sample(x, ps.sample_seeds(0, 5)))
         assert torch.equal(runs[0].tokens, runs[1].tokens), window
@@ -324,6 +326,23 @@ def test_a_block_causal_denoiser_sets_the_block_length():
     assert torch.equal(own.tokens, given.tokens) and own.positions == given.positions
     with pytest.raises(ValueError, match="block_length=4, but the block-causal denoiser attends in blocks of 3"):
         ps.PITSampler(CachedPrefixOracle(ORACLE, block_length=3), block_length=4, **KW)
+
+
+def test_the_cache_with_several_rounds_per_poll():
+    """``sync_every > 1`` (the accelerator default) sizes the packed request for several rounds, so it
+    holds padding slots (index 0, a prefix position): the cached view must keep every index in the
+    block. Tokens equal the reference path's, sequential and Picard, with EOS stops."""
+    x = ragged_x()
+    for window in (None, 3):
+        ref = blocks(PrefixOracle(ORACLE), 4, window, eos_id=EOS).sample(x, seed=2)
+        for sync in (4, 8):
+            out = blocks(CachedPrefixOracle(ORACLE), 4, window, eos_id=EOS, sync_every=sync).sample(x, seed=2)
+            assert torch.equal(out.tokens, ref.tokens), (window, sync)
+
+
+def test_maskgit_refuses_a_block_causal_denoiser():
+    with pytest.raises(ValueError, match="block-causal"):
+        ps.MaskGITSampler(CachedPrefixOracle(ORACLE), mask_id=MASK, num_steps=4)
 
 
 @pytest.mark.parametrize("kw,error,match", [

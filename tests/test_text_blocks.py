@@ -132,13 +132,14 @@ def test_generate_samples_the_block_model_block_by_block(shipped):
     from pit_sampler.generate import generate
 
     tok, model, _ = shipped
-    outs = {name: generate(model, tok, ["A fool and his money", "Never"], max_new_tokens=48, num_steps=32,
-                           sampler=name, seed=0) for name in ("sequential", "pit")}
+    outs = {name: generate(model, tok, ["A fool and his money", "Never"], max_new_tokens=96, num_steps=32,
+                           sampler=name, seed=1) for name in ("sequential", "pit")}
     assert torch.equal(outs["sequential"].sequences, outs["pit"].sequences)
     for out in outs.values():
         assert all(isinstance(r, BlockResult) for r in out.results)
         assert out.texts[0].startswith("A fool and his money") and out.texts[1].startswith("Never")
-        assert all(tok.sep_token_id not in c for c in out.ids)
+        assert all(int(r.lengths.max()) < r.tokens.shape[1] for r in out.results)  # rows stopped at [SEP]
+        assert all(r.block_rounds[-1] == 0 for r in out.results)  # and made no call for the last block
 
 
 @needs_model

@@ -1,6 +1,6 @@
 """``python -m pit_sampler demo --model text-blocks``: block diffusion on the shipped block-causal model.
 
-The model is :func:`pit_sampler.models.text_blocks.load_block_model` (a ``LlamaForCausalLM`` trained
+The model is :func:`pit_sampler.models.text_blocks.load_block_model` (a ``Qwen2ForCausalLM`` trained
 BD3-LM style on the fortunes, float64: batch invariant, so exact Picard reproduces the sequential
 tokens) through :class:`~pit_sampler.block_causal.HFBlockCausalLM`. Blocks of ``block_length``
 positions are sampled left to right, each by ``steps`` steps of its own process, four ways from the

@@ -65,7 +65,7 @@ def noisy_half_logits(model, xt: Tensor, x0: Tensor, block_length: int, mask_id:
     masks = {k: m.expand(N, 1, 2 * L, 2 * L) for k, m in masks.items()} if isinstance(masks, dict) else \
         masks.expand(N, 1, 2 * L, 2 * L)
     hidden = model.get_decoder()(input_ids=torch.cat([xt, x0], 1), attention_mask=masks,
-                                 position_ids=positions.expand(N, 2 * L)).last_hidden_state[:, :L]
+                                 position_ids=positions.expand(N, 2 * L), use_cache=False).last_hidden_state[:, :L]
     return clean_logits(model.get_output_embeddings()(hidden), mask_id, suppress_ids)
 
 
