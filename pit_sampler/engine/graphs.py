@@ -50,6 +50,10 @@ class GraphedRound:
         self.pool = self.pool if self.pool is not None else graph.pool()
         return graph, static, out
 
+    def forget(self) -> None:
+        """Drop every captured graph (what the round calls changed; the memory pool is kept)."""
+        self.graphs = {}
+
     def __call__(self, *args):
         key = self._key(args)
         if key not in self.graphs:

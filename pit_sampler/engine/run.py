@@ -245,21 +245,16 @@ class Engine:
     @contextlib.contextmanager
     def using(self, denoiser):
         """Rounds call ``denoiser`` instead of the engine's own inside the ``with`` block (the block
-        sampler's cached path calls the model through a view of its cache: :mod:`pit_sampler.block_cache`).
-        A captured graph holds the model it called, so captured rounds are dropped on the way in and
-        out (a compiled round recompiles: dynamo guards on the model object)."""
-        own = self.round.call
+        sampler's view of a cache: :mod:`pit_sampler.block_cache`). Captured graphs hold the model they
+        called: they are dropped on the way in and out (a compiled round recompiles by itself)."""
+        own, forget = self.round.call, getattr(self._round, "forget", lambda: None)
         self.round.call = DenoiserCall(denoiser, own.mask_id, own.vocab_size)
-        self._forget_graphs()
+        forget()
         try:
             yield
         finally:
             self.round.call = own
-            self._forget_graphs()
-
-    def _forget_graphs(self) -> None:
-        if isinstance(self._round, GraphedRound):
-            self._round.graphs = {}
+            forget()
 
     def probe(self, x: Tensor, top: int) -> int:
         """The vocabulary size from one all-mask row as long as ``x``'s rows (the first model call: its
