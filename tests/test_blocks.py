@@ -12,6 +12,7 @@ import pit_sampler as ps
 from pit_sampler.blocks import BlockRunner, BlockSettings
 from pit_sampler.testing import CachedPrefixOracle, Gathered, PrefixOracle, make_oracle
 from test_exactness import naive_tau_leaping
+from tiers import tiered
 
 ORACLE = make_oracle("hmm", seed=3, num_tokens=5, length=10)
 MASK, L, N = ORACLE.mask_id, ORACLE.length, 16
@@ -295,19 +296,30 @@ def test_a_round_processes_at_most_the_window_of_blocks_plus_one_encoding_per_bl
     assert len(cached) == sum(out.block_rounds[1:])  # every round past block 0 is one cached call
 
 
-def test_the_cache_under_every_rule_and_mode():
+RULES = ({"solver": "trapezoidal"}, {"parametrization": "score", "vocab_size": MASK + 1}, {"top_k": 2},
+         {"tol": 0.5}, {"mode": "fixed", "max_iters": 1})
+
+
+@pytest.mark.parametrize("backend", tiered(ps.ops.available_backends("cpu"), ("reference", "native")))
+def test_the_cache_under_every_rule_and_mode(backend):
     """The trapezoidal solver, the score parametrization, top-k, the approximate modes and MaskGIT's
-    rule make the same decisions from the same logits: the cached tokens equal the reference's."""
-    x = ragged_x()
-    for extra in ({"solver": "trapezoidal"}, {"parametrization": "score", "vocab_size": MASK + 1},
-                  {"top_k": 2}, {"tol": 0.5}, {"mode": "fixed", "max_iters": 1}):
-        for window in (None, 3):
-            if window is None and ("tol" in extra or "mode" in extra):
-                continue
-            ref = blocks(PrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
-            out = blocks(CachedPrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
-            assert torch.equal(out.tokens, ref.tokens), (extra, window)
-    for window in (1, 3):
+    rule make the same decisions from the same logits: the cached tokens equal the reference's, on
+    every backend (Triton's interpreter, extended tier: Picard windows of the first two rules and
+    MaskGIT's)."""
+    x, interpreter = ragged_x(), backend == "triton"
+    with ps.ops.use_backend(backend):
+        for extra in RULES[:2] if interpreter else RULES:
+            for window in (3,) if interpreter else (None, 3):
+                if window is None and ("tol" in extra or "mode" in extra):
+                    continue
+                ref = blocks(PrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
+                out = blocks(CachedPrefixOracle(ORACLE), 4, window, eos_id=EOS, **extra).sample(x, seed=1)
+                assert torch.equal(out.tokens, ref.tokens), (extra, window)
+        _maskgit_with_and_without_the_cache(x, (3,) if interpreter else (1, 3))
+
+
+def _maskgit_with_and_without_the_cache(x, windows):
+    for window in windows:
         runs = []
         cached = CachedPrefixOracle(ORACLE)
         cached.block_causal = False  # MaskGITSampler refuses block-causal models; the runner needs encode/select

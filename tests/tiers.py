@@ -9,7 +9,7 @@
 * **extended** (``python -m pytest -n 2 -m extended``; ``.ci/run`` runs both tiers): the exhaustive sweeps
   the default tier samples: every Triton-interpreter combination (slow: numpy), the full fuzz (400
   native, 30 Triton cases), every Hugging Face class and dtype, both shipped digits models, every
-  rule through the positions path on Triton.
+  rule through the positions path on Triton, the cached block sampler's rules on Triton.
 
 A case belongs to the extended tier by carrying the ``extended`` marker; ``pyproject.toml`` deselects
 it by default (``-m "not extended"``; a later ``-m`` on the command line replaces that).
