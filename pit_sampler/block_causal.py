@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .adapters import Adapter
 from .positions import HEAD_BLOCK, rowwise
 from .schedules import Schedule
-from .validation import check_token_batch, is_int, reads_allowed
+from .validation import check_index_vector, check_token_batch, is_int
 
 #: attention implementations that take an arbitrary 4D mask (boolean for sdpa, additive for eager)
 MASKED_ATTENTION = ("sdpa", "eager")
@@ -372,17 +372,8 @@ class HFBlockCausalLM(Adapter):
     def _check_index(self, name: str, index, cache: BlockCache) -> None:
         """``index`` is a 1-D LongTensor on the cache's device with values in ``[0, cache.batch)``
         (values read in eager mode only, :func:`~pit_sampler.validation.reads_allowed`)."""
-        if not (isinstance(index, Tensor) and index.dtype == torch.int64):
-            what = index.dtype if isinstance(index, Tensor) else type(index).__name__
-            raise TypeError(f"{name} must be a LongTensor [B'] of sample indices into the cache, got {what}")
-        if index.dim() != 1:
-            raise ValueError(f"{name} must be 1-D [B'], got shape {tuple(index.shape)}")
-        if index.device != cache.device:
-            raise ValueError(f"{name} is on {index.device}, but the cache is on {cache.device}")
-        if index.numel() and reads_allowed():
-            low, high = torch.stack([index.min(), index.max()]).tolist()
-            if low < 0 or high >= cache.batch:
-                raise ValueError(f"{name} holds {low}..{high}, outside the cache's samples [0, {cache.batch})")
+        check_index_vector(name, index, cache.batch, cache.device, shape="B'", meaning="sample indices into the cache",
+                           owner="the cache", holds="", outside=f"the cache's samples [0, {cache.batch})")
 
     def _check_cached(self, x, cache, samples, start) -> tuple:
         """The arguments of a cached call (see :meth:`__call__`), returned as ``(cache, samples, start)``."""

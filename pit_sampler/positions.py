@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .validation import reads_allowed
+from .validation import check_index_vector
 
 #: rows per call of a head evaluated by :func:`rowwise` (the default of the shipped model and adapters)
 HEAD_BLOCK = 256
@@ -50,20 +50,9 @@ def check_positions(positions, x: Tensor) -> None:
     only: under ``torch.compile`` reading it would be data-dependent (a graph break); compiled indexing
     still checks its upper bound, but a negative index wraps around there as in Python.
     """
-    if not (isinstance(positions, Tensor) and positions.dtype == torch.int64):
-        what = positions.dtype if isinstance(positions, Tensor) else type(positions).__name__
-        raise TypeError(f"positions must be a LongTensor [M] of flat indices into x.view(-1), got {what}")
-    if positions.dim() != 1:
-        raise ValueError(f"positions must be a 1-D LongTensor [M], got shape {tuple(positions.shape)}")
-    if positions.device != x.device:
-        raise ValueError(f"positions is on {positions.device}, but x is on {x.device}")
-    if positions.numel() and reads_allowed():
-        low, high = torch.stack([positions.min(), positions.max()]).tolist()  # one host read
-        if low < 0 or high >= x.numel():
-            raise ValueError(
-                f"positions holds flat indices {low}..{high}, outside [0, R * L = {x.numel()}) for x of shape "
-                f"{tuple(x.shape)}"
-            )
+    check_index_vector("positions", positions, x.numel(), x.device, shape="M", meaning="flat indices into x.view(-1)",
+                       owner="x", holds="flat indices ",
+                       outside=f"[0, R * L = {x.numel()}) for x of shape {tuple(x.shape)}")
 
 
 def take(full: Tensor, positions: Tensor) -> Tensor:

@@ -143,3 +143,22 @@ def check_token_range(name: str, low: int, top: int, vocab_size: int | None) -> 
         raise ValueError(f"{name} holds negative token ids")
     if vocab_size is not None and top >= vocab_size:
         raise ValueError(f"{name} holds token id {top}, out of range for vocab_size={vocab_size}")
+
+
+def check_index_vector(name: str, index, size: int, device, *, shape: str, meaning: str, owner: str,
+                       holds: str, outside: str) -> None:
+    """``index`` must be a 1-D LongTensor ``[shape]`` (``meaning``: what it indexes) on ``device`` (the
+    device of ``owner``) with values in ``[0, size)``; ``TypeError``/``ValueError`` naming ``name``
+    (``holds``, ``outside``: the wording of the range error). The values are read in eager mode only:
+    under ``torch.compile`` reading them would be data-dependent (a graph break)."""
+    if not (isinstance(index, torch.Tensor) and index.dtype == torch.int64):
+        what = index.dtype if isinstance(index, torch.Tensor) else type(index).__name__
+        raise TypeError(f"{name} must be a LongTensor [{shape}] of {meaning}, got {what}")
+    if index.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D LongTensor [{shape}], got shape {tuple(index.shape)}")
+    if index.device != device:
+        raise ValueError(f"{name} is on {index.device}, but {owner} is on {device}")
+    if index.numel() and reads_allowed():
+        low, high = torch.stack([index.min(), index.max()]).tolist()  # one host read
+        if low < 0 or high >= size:
+            raise ValueError(f"{name} holds {holds}{low}..{high}, outside {outside}")
