@@ -66,9 +66,7 @@ class PrefixCache:
         """Cover positions ``0 .. start - 1`` of the samples ``live`` (a subset of the members once
         the cache exists), encoding ``x[live, covered:start]`` in one call."""
         if self.cache is not None and live != self.members:
-            where = {b: i for i, b in enumerate(self.members)}
-            index = torch.tensor([where[b] for b in live], dtype=torch.int64, device=x.device)
-            self.cache = self.denoiser.select(self.cache, index)
+            self.cache = self.denoiser.select(self.cache, self.rows_of(live, x.device))
         self.members = list(live)
         if start > self.covered and live:
             rows = torch.tensor(live, dtype=torch.int64, device=x.device)
@@ -79,9 +77,12 @@ class PrefixCache:
 
     def view(self, rows: list[int], span: tuple[int, int], device: torch.device) -> "CachedBlock":
         """The engine's model for block ``span`` run on the samples ``rows`` (members)."""
+        return CachedBlock(self.denoiser, self.cache, self.rows_of(rows, device), *span)
+
+    def rows_of(self, samples: list[int], device: torch.device) -> Tensor:
+        """The cache's rows (int64) of ``samples``, members of it."""
         where = {b: i for i, b in enumerate(self.members)}
-        index = torch.tensor([where[b] for b in rows], dtype=torch.int64, device=device)
-        return CachedBlock(self.denoiser, self.cache, index, *span)
+        return torch.tensor([where[b] for b in samples], dtype=torch.int64, device=device)
 
 
 class CachedBlock:

@@ -177,10 +177,7 @@ class BlockRunner:
         if self.settings.eos_id is not None:
             tail = masked & (torch.arange(L, device=x.device) >= lengths.unsqueeze(1))
             x = torch.where(tail, self.settings.fill, x)
-        result = self._result(x, runs, samples, spans, probe, lengths)
-        if cache is not None:
-            result.positions, result.encodes = result.positions + cache.tokens, cache.calls
-        return result
+        return self._result(x, runs, samples, spans, probe, lengths, cache)
 
     def _facts(self, x: Tensor, spans: list) -> tuple[list[list[int]], int]:
         """One read: whether each sample has a masked position in each block, and the largest non-mask
@@ -222,19 +219,20 @@ class BlockRunner:
             stopped = [b for b, h in zip(rows, hit) if h]
         return out, stopped
 
-    def _result(self, tokens: Tensor, runs: list, samples: list[int], spans: list, probe: int,
-                lengths: Tensor) -> BlockResult:
-        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row."""
+    def _result(self, tokens: Tensor, runs: list, samples: list[int], spans: list, probe: int, lengths: Tensor,
+                cache: PrefixCache | None) -> BlockResult:
+        """The totals of the blocks' runs (``None``: a block nobody ran) plus the probe's round and row
+        and the cache's encodings."""
         done = [r for r in runs if r is not None]
         block_rows = [0 if r is None else r.nfe * n for r, n in zip(runs, samples)]
         widths = [e - s if self.settings.cache else e for s, e in spans]
         windows = [w for r in done for w in r.windows]
         logits_rows = sum(r.logits_rows * len(r.windows) for r in done) / max(1, len(windows))
-        engine = self.engine
+        engine, encoded = self.engine, (0, 0) if cache is None else (cache.calls, cache.tokens)
         return BlockResult(
             tokens, probe + sum(r.rounds for r in done), (probe + sum(block_rows)) / tokens.shape[0],
             sum(r.iterations for r in done), [res for r in done for res in r.residuals],
             engine.acceptance.is_exact(engine.max_window), windows, done[-1].policy if done else None, logits_rows,
             sum(r.polls for r in done), block_rounds=[0 if r is None else r.rounds for r in runs],
-            block_samples=samples, lengths=lengths,
-            positions=round(probe * spans[0][1] + sum(n * w for n, w in zip(block_rows, widths))))
+            block_samples=samples, lengths=lengths, encodes=encoded[0],
+            positions=round(probe * spans[0][1] + encoded[1] + sum(n * w for n, w in zip(block_rows, widths))))

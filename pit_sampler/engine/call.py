@@ -2,10 +2,10 @@
 
 A denoiser is ``denoiser(x [R, L], t [R]) -> logits [R, L, V]``; with ``supports_positions = True``
 it may also be called as ``denoiser(x, t, positions=index)`` and return only the rows ``index``
-(flat ``r L + l``) asks for, ``[M, V]`` (the positions protocol, :mod:`pit_sampler.positions`). With ``takes_samples = True`` it is also
-given ``samples=`` (int64 ``[B]``): row ``u B + b`` of the call belongs to row ``samples[b]`` of the
-engine's input (the batch shrinks as samples finish; the block sampler's cached path needs to know
-whose prefix a row continues: :mod:`pit_sampler.block_cache`).
+(flat ``r L + l``) asks for, ``[M, V]`` (the positions protocol, :mod:`pit_sampler.positions`).
+With ``takes_samples = True`` it is also given ``samples=`` (int64 ``[B]``): row ``u B + b`` of the
+call belongs to row ``samples[b]`` of the engine's input (the batch shrinks as samples finish; the
+block sampler's cached path needs to know whose prefix a row continues: :mod:`pit_sampler.block_cache`).
 
 :class:`DenoiserCall` gives every step rule packed float rows ``[M, V]``:
 
