@@ -46,16 +46,23 @@ def _run_pair(denoiser, x_init, *, mask_id, vocab_size, steps, window, seed, pro
     }
     for make in makers.values():
         make(False).sample(x_init[:1], seed=seed)
-    runs = {name: {"seconds": math.inf} for name in makers}
-    for _ in range(repeats):
-        for name, make in makers.items():
-            sampler = make(progress)
-            start = time.perf_counter()
-            result = sampler.sample(x_init, seed=seed)
-            runs[name] = {"result": result, "seconds": min(runs[name]["seconds"], time.perf_counter() - start)}
+    runs = timed_runs({name: lambda make=make: make(progress) for name, make in makers.items()}, x_init, seed, repeats)
     seq, pit = runs.values()
     identical = torch.equal(seq["result"].tokens, pit["result"].tokens)
     return {"runs": runs, "identical": identical, "ratio": seq["result"].rounds / pit["result"].rounds}
+
+
+def timed_runs(makers: dict, x_init, seed: int, repeats: int = 2) -> dict:
+    """Each sampler ``makers[name]()`` run ``repeats`` times on ``x_init``, interleaved, a fresh sampler per
+    run: ``{name: {"result": its last result, "seconds": its fastest wall time}}``."""
+    runs = {name: {"seconds": math.inf} for name in makers}
+    for _ in range(repeats):
+        for name, make in makers.items():
+            sampler = make()
+            start = time.perf_counter()
+            result = sampler.sample(x_init, seed=seed)
+            runs[name] = {"result": result, "seconds": min(runs[name]["seconds"], time.perf_counter() - start)}
+    return runs
 
 
 def _describe_windows(result) -> str:

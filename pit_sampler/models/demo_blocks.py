@@ -15,26 +15,11 @@ entropy; then the held-out NELBO of the block model next to the masked LM's (``t
 from __future__ import annotations
 
 import json
-import math
-import time
 
 import torch
 
 from ..samplers import PITSampler, TauLeapingSampler
-from .demo import _describe_windows, _table
-
-
-def _timed_runs(makers: dict, x_init, seed: int, repeats: int = 2) -> dict:
-    """Each sampler ``repeats`` times, interleaved, a fresh sampler per run: its last result and its
-    fastest wall time."""
-    runs = {name: {"seconds": math.inf} for name in makers}
-    for _ in range(repeats):
-        for name, make in makers.items():
-            sampler = make()
-            start = time.perf_counter()
-            result = sampler.sample(x_init, seed=seed)
-            runs[name] = {"result": result, "seconds": min(runs[name]["seconds"], time.perf_counter() - start)}
-    return runs
+from .demo import _describe_windows, _table, timed_runs
 
 
 def demo_text_blocks(batch: int, steps: int, window: int | str, seed: int, progress: bool, block_length: int = 16,
@@ -54,7 +39,7 @@ def demo_text_blocks(batch: int, steps: int, window: int | str, seed: int, progr
                                                                                    **common)
     x_init = torch.full((batch, length), tok.mask_token_id, dtype=torch.int64)
     den(x_init[:1, :block_length], torch.ones(1))  # untimed warm-up call
-    runs = _timed_runs(makers, x_init, seed)
+    runs = timed_runs(makers, x_init, seed)
     reference = next(iter(runs.values()))["result"].tokens
     evaluator = text.load_evaluator()
     print(f"model: text-blocks (shipped {type(model).__name__}, block-causal, float64), {batch} samples of {length} "
