@@ -116,17 +116,26 @@ def _model_cache(cache: BlockCache | None, samples: Tensor | None, grow: bool, c
     return out
 
 
-def layer_masks(config, allowed: Tensor, q_positions: Tensor, k_positions: Tensor):
-    """The attention mask(s) a base model takes for queries at positions ``q_positions [Q]`` and keys at
-    ``k_positions [K]`` that may attend where ``allowed [..., Q, K]`` (bool, True = attend): that mask,
-    or for a model with local layers (``config.layer_types`` holding ``"sliding_attention"``) a dict by
-    layer type in which the local layers also need ``|p_q - p_k| < config.sliding_window`` (absolute
-    positions, on both sides: a block is bidirectional). Masks built from positions are the same
-    whatever the cache holds, so local layers stay exact with the cache (it keeps every key)."""
-    if "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
-        return allowed
-    near = (q_positions[:, None] - k_positions[None, :]).abs() < config.sliding_window
-    return {"full_attention": allowed, "sliding_attention": allowed & near}
+def layer_masks(model: nn.Module, allowed: Tensor, q_positions: Tensor, k_positions: Tensor, rows: int):
+    """The 4D attention mask(s) ``[rows, 1, Q, K]`` the base model of ``model`` takes for queries at
+    positions ``q_positions [Q]`` and keys at ``k_positions [K]`` that may attend where ``allowed [Q, K]``
+    (bool, True = attend; every row the same): that mask, or for a model with local layers
+    (``config.layer_types`` holding ``"sliding_attention"``) a dict by layer type in which the local
+    layers also need ``|p_q - p_k| < config.sliding_window`` (absolute positions, on both sides: a
+    block is bidirectional). Boolean for sdpa, additive (``0`` / ``finfo(dtype).min``) for eager
+    attention. Masks built from positions are the same whatever the cache holds, so local layers stay
+    exact with the cache (it keeps every key)."""
+    config = model.config
+    masks = {"full_attention": allowed}
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        near = (q_positions[:, None] - k_positions[None, :]).abs() < config.sliding_window
+        masks["sliding_attention"] = allowed & near
+    dtype = model.dtype  # the attention scores' dtype
+    for kind, mask in masks.items():
+        if getattr(config, "_attn_implementation", None) == "eager":
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        masks[kind] = mask.expand(rows, 1, *mask.shape)
+    return masks if len(masks) > 1 else masks["full_attention"]
 
 
 def _check_config(model: nn.Module) -> None:
@@ -298,21 +307,11 @@ class HFBlockCausalLM(Adapter):
     def _hidden(self, ids: Tensor, allowed: Tensor, q_positions: Tensor, k_positions: Tensor, model_cache) -> Tensor:
         """The base model's final hidden states for ``ids [B, Q]`` whose queries sit at ``q_positions [Q]``
         (the position ids, used for RoPE) and may attend the keys at ``k_positions [K]`` (the cached ones,
-        then ``ids``) where ``allowed [Q, K]`` (:func:`layer_masks`: also local for local layers), with the
-        transformers cache ``model_cache`` (``None``: no cache). Boolean masks for sdpa, additive ones
-        (``0`` / ``finfo(dtype).min``) for eager attention; every row gets the same mask."""
-        impl = getattr(self.model.config, "_attn_implementation", None)
-        if impl not in MASKED_ATTENTION:
+        then ``ids``) where ``allowed [Q, K]`` (:func:`layer_masks`), with the transformers cache
+        ``model_cache`` (``None``: no cache)."""
+        if getattr(self.model.config, "_attn_implementation", None) not in MASKED_ATTENTION:
             _check_config(self.model)  # changed since construction: raises
-        masks = layer_masks(self.model.config, allowed, q_positions, k_positions)
-        dtype = getattr(self.model, "dtype", self.head.weight.dtype)  # the attention scores' dtype
-
-        def form(mask: Tensor) -> Tensor:
-            if impl == "eager":
-                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-            return mask.expand(ids.shape[0], 1, *mask.shape)
-
-        mask = {k: form(m) for k, m in masks.items()} if isinstance(masks, dict) else form(masks)
+        mask = layer_masks(self.model, allowed, q_positions, k_positions, ids.shape[0])
         out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=q_positions.expand(ids.shape[0], -1),
                            use_cache=model_cache is not None, **{self._cache_arg: model_cache})
         return out[0] if isinstance(out, tuple) else out.last_hidden_state

@@ -5,8 +5,8 @@ corpus as the masked LM (:mod:`pit_sampler.models.text`), used with **block-caus
 sequence is cut into blocks of ``bl`` positions from position 0, and query ``i`` attends key ``j`` iff
 ``j // bl <= i // bl``; its first two layers are local, ``|p_i - p_j| < 5`` as well
 (:func:`~pit_sampler.block_causal.layer_masks`), which is what made the masked LM learn in a CPU
-budget (docs/text-model.md): a masked position sees its neighbours from the first step. Logits are not shifted (position ``l``'s logits are the conditional of token
-``l``) and time-agnostic (RADD); the ``[MASK]`` and ``[PAD]`` columns are ``-inf``
+budget (docs/text-model.md): a masked position sees its neighbours from the first step. Logits are
+not shifted (position ``l``'s logits are the conditional of token ``l``) and time-agnostic (RADD); the ``[MASK]`` and ``[PAD]`` columns are ``-inf``
 (:func:`~pit_sampler.models.text.clean_logits`). It is trained at ``bl = 16`` and ``bl = 32`` (even
 and odd steps), so one model serves both block lengths (``config.block_length`` is 16, the default).
 
@@ -43,7 +43,8 @@ BLOCK_LENGTHS = (16, 32)  # trained at both; config.block_length = the first
 BLOCK_MODEL_CONFIG = dict(  # two local layers (4 positions each side), then two global ones
     hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512,
     max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0, attention_dropout=0.0,
-    use_sliding_window=True, sliding_window=5, layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"])
+    use_sliding_window=True, sliding_window=5,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"])
 
 
 def bd3_training_mask(length: int, block_length: int, device=None) -> Tensor:
@@ -61,9 +62,7 @@ def noisy_half_logits(model, xt: Tensor, x0: Tensor, block_length: int, mask_id:
     """The conditionals ``[N, L, V]`` of the noisy half of one ``[x_t ; x_0]`` pass (module docstring)."""
     N, L = x0.shape
     positions = torch.arange(L, device=x0.device).repeat(2)
-    masks = layer_masks(model.config, bd3_training_mask(L, block_length, x0.device), positions, positions)
-    masks = {k: m.expand(N, 1, 2 * L, 2 * L) for k, m in masks.items()} if isinstance(masks, dict) else \
-        masks.expand(N, 1, 2 * L, 2 * L)
+    masks = layer_masks(model, bd3_training_mask(L, block_length, x0.device), positions, positions, N)
     hidden = model.get_decoder()(input_ids=torch.cat([xt, x0], 1), attention_mask=masks,
                                  position_ids=positions.expand(N, 2 * L), use_cache=False).last_hidden_state[:, :L]
     return clean_logits(model.get_output_embeddings()(hidden), mask_id, suppress_ids)
@@ -89,7 +88,7 @@ def block_count_loss(model, x0: Tensor, block_length: int, mask_id: int, generat
     masked = (ranks < k.unsqueeze(2)).reshape(N, L)
     logits = noisy_half_logits(model, torch.where(masked, mask_id, x0), x0, block_length, mask_id)
     ce = torch.where(masked, F.cross_entropy(logits.transpose(1, 2), x0, reduction="none"), 0.0)
-    return (ce.view(N, K, n).sum(2) / k.to(ce.dtype)).mean(1).mean() * (K * n / L)
+    return (ce.view(N, K, n).sum(2) / k.to(ce.dtype)).mean(1).mean()  # equal blocks: the mean over blocks
 
 
 def block_time_loss(model, x0: Tensor, block_length: int, mask_id: int, generator=None,
